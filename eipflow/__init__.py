@@ -1,0 +1,75 @@
+"""eipflow: Elastic IP attach/detach/release as persisted, version-checked state machines.
+
+The public API is re-exported here; everything else is private to its module.
+"""
+
+from ._version import __version__
+from .api import DEFAULT_LEASE_SECONDS, Eipflow, connect
+from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, SimulatedDataplane, load_backend
+from .clock import Clock, ManualClock, SystemClock
+from .errors import (
+    AttachFailed,
+    BackendError,
+    BackendTimeout,
+    ConflictError,
+    DatabaseError,
+    EipflowError,
+    EipNotFound,
+    GuestIpInUse,
+    IllegalTransition,
+    InvalidAddress,
+    InvalidBackendSpec,
+    InvalidIdentifier,
+    InvalidInput,
+    NotFound,
+    OperationIdReused,
+    VersionConflict,
+    VipInUse,
+    WorkItemNotFound,
+)
+from .machine import EipMachine, Facts
+from .runner import RetryPolicy
+from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "AttachFailed",
+    "Backend",
+    "BackendError",
+    "BackendTimeout",
+    "Clock",
+    "ConflictError",
+    "DatabaseError",
+    "Eip",
+    "EipMachine",
+    "EipNotFound",
+    "EipSpec",
+    "Eipflow",
+    "EipflowError",
+    "Facts",
+    "Faults",
+    "Gate",
+    "GuestIpInUse",
+    "IllegalTransition",
+    "InMemoryDataplane",
+    "InvalidAddress",
+    "InvalidBackendSpec",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "ListsRules",
+    "ManualClock",
+    "NotFound",
+    "OperationIdReused",
+    "RetryPolicy",
+    "SimulatedDataplane",
+    "SystemClock",
+    "TransitionRecord",
+    "VersionConflict",
+    "VipInUse",
+    "Vm",
+    "WorkItem",
+    "WorkItemNotFound",
+    "__version__",
+    "connect",
+    "load_backend",
+]

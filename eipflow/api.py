@@ -1,0 +1,408 @@
+"""The public face: :class:`Eipflow`, one object per database + backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from . import validation as v
+from .backends.base import Backend, ListsRules, load_backend
+from .backends.simulated import SimulatedDataplane
+from .clock import Clock, SystemClock
+from .errors import (
+    AttachFailed,
+    ConflictError,
+    EipNotFound,
+    EipflowError,
+    InvalidInput,
+    OperationIdReused,
+    WorkItemNotFound,
+)
+from .runner import RetryPolicy, Runner
+from .store import Operations, Store, create_db_engine, ensure_schema, redacted, resolve_url
+from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "Eipflow", "connect"]
+
+log = structlog.get_logger("eipflow.api")
+T = TypeVar("T")
+
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def _lease_from_env() -> float:
+    raw = os.environ.get("EIPFLOW_LEASE_SECONDS")
+    if not raw:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"EIPFLOW_LEASE_SECONDS: {raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise InvalidInput(f"EIPFLOW_LEASE_SECONDS: {raw!r} must be positive")
+    return value
+
+
+class Eipflow:
+    """Attach, detach and release Elastic IPs safely against one database and one backend.
+
+    Every call validates its input first (bad input raises :class:`~eipflow.InvalidInput` and
+    changes nothing), records its intent with a version-checked write, and — with ``wait=True``,
+    the default — runs the resulting backend work inline before it returns. Intents that arrive
+    while another caller's backend call is in flight are recorded at once and acted on by that
+    caller when its call returns.
+
+    Every mutating call accepts ``op_id``: repeating a call with the same id returns the first
+    call's outcome and does no new work; reusing an id for a different request raises
+    :class:`~eipflow.OperationIdReused`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        *,
+        lease_seconds: float | None = None,
+        retry: RetryPolicy | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        bind = getattr(backend, "bind", None)
+        if callable(bind):
+            bind(store.engine)
+        self.runner = Runner(
+            store,
+            backend,
+            owner=owner,
+            lease_seconds=lease_seconds if lease_seconds is not None else _lease_from_env(),
+            retry=retry,
+        )
+        self.operations = Operations(store)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        backend: Backend | str | None = None,
+        *,
+        clock: Clock | None = None,
+        lease_seconds: float | None = None,
+        retry: RetryPolicy | None = None,
+        owner: str | None = None,
+        create_schema: bool = True,
+        engine: Engine | None = None,
+    ) -> Eipflow:
+        """Open eipflow on a database URL (default ``$EIPFLOW_DB`` or ``sqlite:///eipflow.db``).
+
+        Args:
+            url: any SQLAlchemy URL.
+            backend: a :class:`~eipflow.Backend`, an import path ``package.module:factory``, or
+                ``None`` for ``$EIPFLOW_BACKEND`` or the built-in simulated dataplane (rules kept in
+                the same database, so separate processes share it).
+            clock: where timestamps come from (tests inject a manual clock).
+            lease_seconds: how long a claimed work item stays ours (default ``$EIPFLOW_LEASE_SECONDS`` or 60).
+            retry: the backoff policy for failed backend work.
+            owner: the lease owner name (default host:pid:random).
+            create_schema: create missing tables on first use.
+            engine: an existing SQLAlchemy engine (``url`` is then ignored).
+        """
+        db = engine or create_db_engine(resolve_url(url))
+        if create_schema:
+            ensure_schema(db)
+        if backend is None:
+            backend = os.environ.get("EIPFLOW_BACKEND") or None
+        chosen: Backend = load_backend(backend) if isinstance(backend, str) else (backend or SimulatedDataplane())
+        return cls(Store(db, clock or SystemClock()), chosen, lease_seconds=lease_seconds, retry=retry, owner=owner)
+
+    def close(self) -> None:
+        """Dispose of the database connections."""
+        self.store.engine.dispose()
+
+    def __enter__(self) -> Eipflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL, without its password."""
+        return redacted(self.store.engine.url)
+
+    # -- idempotency ---------------------------------------------------------------------------
+    def _once(self, op_id: str | None, request: dict[str, Any], fn: Callable[[], T], encode: Callable[[T], Any],
+              decode: Callable[[Any], T]) -> T:
+        if op_id is None:
+            return fn()
+        op_id = v.opaque_id("op_id", op_id)
+        text = json.dumps(request, sort_keys=True)
+        deadline = time.monotonic() + self.runner.lease_seconds
+        while True:
+            existing = self.operations.begin(op_id, text)
+            if existing is None:
+                break
+            if existing["request"] != text:
+                raise OperationIdReused(op_id, existing["request"], text)
+            if existing["status"] != "running":
+                return self._replay(existing, decode)
+            stale = self.store.clock.now() - timedelta(seconds=self.runner.lease_seconds)
+            if self.operations.take_over(op_id, stale):
+                break  # its first caller died mid-way; the steps below are idempotent
+            if time.monotonic() > deadline:
+                raise ConflictError(f"operation {op_id} is still running in another caller; retry later")
+            time.sleep(0.01)  # another caller is running this very operation: wait for its outcome
+        try:
+            result = fn()
+        except AttachFailed as exc:
+            self.operations.finish(op_id, "failed", json.dumps({"attach_failed": [exc.eip_uuid, exc.error, exc.state]}))
+            raise
+        except EipflowError:
+            self.operations.forget(op_id)  # nothing was changed: the id may be used again
+            raise
+        except BaseException:
+            raise  # unknown outcome: leave it running; a retry after the lease takes it over
+        self.operations.finish(op_id, "done", json.dumps(encode(result)))
+        return result
+
+    @staticmethod
+    def _replay(row: Any, decode: Callable[[Any], T]) -> T:
+        payload = json.loads(row["result"])
+        if row["status"] == "failed":
+            raise AttachFailed(*payload["attach_failed"])
+        return decode(payload)
+
+    # -- EIPs ----------------------------------------------------------------------------------
+    def create_eip(self, vip: str, name: str | None = None, *, op_id: str | None = None) -> Eip:
+        """Allocate an EIP for public address ``vip``; it starts ``detached``."""
+        vip = v.ip_address("vip", vip)
+        name = v.name(name)
+        return self._once(
+            op_id,
+            {"op": "create", "vip": vip, "name": name},
+            lambda: self.store.create(str(uuidlib.uuid4()), vip, name, actor=self.runner.owner, op_id=op_id),
+            _eip_out,
+            _eip_in,
+        )
+
+    def get_eip(self, uuid: str) -> Eip:
+        """The EIP's current row. Raises :class:`~eipflow.EipNotFound` (also for a deleted EIP)."""
+        return self.store.require(v.eip_uuid(uuid))
+
+    def list_eips(self, *, state: str | None = None, vm_uuid: str | None = None) -> list[Eip]:
+        return self.store.list(state=state, vm_uuid=vm_uuid)
+
+    def history(self, uuid: str) -> list[TransitionRecord]:
+        """Every transition of the EIP, oldest first (kept after the EIP is deleted)."""
+        uuid = v.eip_uuid(uuid)
+        records = self.store.history(uuid)
+        if not records:
+            raise EipNotFound(uuid)
+        return records
+
+    def delete_eip(self, uuid: str, *, op_id: str | None = None, wait: bool = True) -> Eip:
+        """Delete the EIP: revoke and unbind first if needed. Returns the last row (``state == "deleted"``
+        once gone; an in-flight state if another caller's backend call must finish first)."""
+        uuid = v.eip_uuid(uuid)
+        return self._once(
+            op_id, {"op": "delete", "eip": uuid},
+            lambda: self._intent(uuid, "delete", {"desired": "deleted"}, op_id, wait), _eip_out, _eip_in,
+        )
+
+    # -- attach / detach -----------------------------------------------------------------------
+    def attach(
+        self,
+        uuid: str,
+        *,
+        nic: str,
+        guest_ip: str,
+        vm: str,
+        host: str,
+        op_id: str | None = None,
+        wait: bool = True,
+    ) -> Eip:
+        """Bind the EIP to ``guest_ip`` of ``nic`` on ``vm`` and realize it on the VM's host.
+
+        The binding is persisted *before* the backend is called, so VM stop/migrate/detach see it.
+        If eipflow already knows the VM, its recorded placement wins over ``host`` (a stopped VM
+        gets the binding and lands in ``released``, with no backend call).
+
+        Raises:
+            AttachFailed: the apply failed; the binding was rolled back (conditionally).
+            IllegalTransition: the EIP is not ``detached`` (a concurrent attach won).
+            GuestIpInUse: ``guest_ip`` already carries an EIP.
+        """
+        uuid = v.eip_uuid(uuid)
+        nic = v.opaque_id("nic", nic)
+        guest_ip = v.ip_address("guest_ip", guest_ip)
+        vm = v.opaque_id("vm", vm)
+        host = v.opaque_id("host", host)
+        request = {"op": "attach", "eip": uuid, "nic": nic, "guest_ip": guest_ip, "vm": vm, "host": host}
+        return self._once(op_id, request, lambda: self._attach(uuid, nic, guest_ip, vm, host, op_id, wait),
+                          _eip_out, _eip_in)
+
+    def _attach(self, uuid: str, nic: str, guest_ip: str, vm: str, host: str, op_id: str | None, wait: bool) -> Eip:
+        self.store.require(uuid)
+        known = self.store.vm(vm)
+        if known is None:
+            known = self.store.record_vm(vm, host, running=True)
+        placed = known.host_uuid if known.running else None
+        changes = {
+            "vm_nic_uuid": nic, "guest_ip": guest_ip, "vm_uuid": vm, "host_uuid": placed,
+            "desired": "attached", "attach_confirmed": False, "last_error": None,
+        }
+        details = {"nic": nic, "guest_ip": guest_ip, "vm": vm, "host": host}
+        eip = self.runner.fire(uuid, "attach", changes, op_id=op_id, details=details)
+        if not wait:
+            return eip
+        final = self.runner.drive(uuid)
+        if any(r.to_state == "rolling_back" for r in self.store.history(uuid) if r.version > eip.version):
+            last = final or eip
+            raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)
+        return final or eip
+
+    def detach(self, uuid: str, *, op_id: str | None = None, wait: bool = True) -> Eip:
+        """Revoke the EIP's rule and clear its binding (deferred to the in-flight call if one runs)."""
+        uuid = v.eip_uuid(uuid)
+        return self._once(
+            op_id, {"op": "detach", "eip": uuid},
+            lambda: self._intent(uuid, "detach", {"desired": "detached"}, op_id, wait), _eip_out, _eip_in,
+        )
+
+    def _intent(self, uuid: str, event: str, changes: dict[str, Any], op_id: str | None, wait: bool) -> Eip:
+        eip = self.runner.fire(uuid, event, changes, op_id=op_id)
+        if wait and eip.state != "deleted":
+            final = self.runner.drive(uuid)
+            if final is None:  # deleted by its own work
+                return _deleted(eip)
+            return final
+        return eip
+
+    # -- VM facts ------------------------------------------------------------------------------
+    def vm_stopped(self, vm: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:
+        """The VM stopped: release its EIPs (bindings kept, rules revoked)."""
+        vm = v.opaque_id("vm", vm)
+        return self._once(op_id, {"op": "vm_stop", "vm": vm},
+                          lambda: self._vm_event(vm, None, "vm_stopped", op_id, wait), _eips_out, _eips_in)
+
+    def vm_started(self, vm: str, host: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:
+        """The VM runs on ``host``: apply its released EIPs there."""
+        vm = v.opaque_id("vm", vm)
+        host = v.opaque_id("host", host)
+        return self._once(op_id, {"op": "vm_start", "vm": vm, "host": host},
+                          lambda: self._vm_event(vm, host, "vm_started", op_id, wait), _eips_out, _eips_in)
+
+    def vm_migrated(self, vm: str, to_host: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:
+        """The VM moved to ``to_host``: revoke its EIPs on the old host, apply them on the new one."""
+        vm = v.opaque_id("vm", vm)
+        to_host = v.opaque_id("host", to_host)
+        return self._once(op_id, {"op": "vm_migrate", "vm": vm, "host": to_host},
+                          lambda: self._vm_event(vm, to_host, "vm_migrated", op_id, wait), _eips_out, _eips_in)
+
+    def vm(self, vm: str) -> Vm | None:
+        """What eipflow was last told about the VM, or ``None``."""
+        return self.store.vm(v.opaque_id("vm", vm))
+
+    def _vm_event(self, vm: str, host: str | None, event: str, op_id: str | None, wait: bool) -> list[Eip]:
+        known = self.store.vm(vm)
+        running = host is not None if event != "vm_migrated" else (known.running if known else True)
+        placed = host if running else None
+        # The fact first, then the bindings: an attach racing with us either sees this fact when it
+        # proceeds, or has its binding visible to the query below.
+        self.store.record_vm(vm, placed, running)
+        touched: list[str] = []
+        for eip in self.store.list(vm_uuid=vm):
+            try:
+                self.runner.fire(
+                    eip.uuid, event,
+                    lambda row: {} if row.vm_uuid != vm else {"host_uuid": placed},
+                    op_id=op_id, details={"vm": vm, "host": host},
+                )
+            except ConflictError:
+                continue  # unbound meanwhile (detached/deleted): nothing of this VM to release
+            except EipNotFound:
+                continue
+            touched.append(eip.uuid)
+        results = []
+        for uuid in touched:
+            row = self.runner.drive(uuid) if wait else self.store.get(uuid)
+            if row is not None:
+                results.append(row)
+        return results
+
+    # -- work, dataplane -----------------------------------------------------------------------
+    def run_due(self, *, limit: int | None = None) -> int:
+        """Run every due work item once (what ``eipflow worker --once`` does). Returns how many ran."""
+        ran = 0
+        while limit is None or ran < limit:
+            due = self.store.due_work(self.store.clock.now(), limit=100)
+            progressed = False
+            for work_id in due:
+                if self.runner.run_item(work_id) is not None:
+                    ran += 1
+                    progressed = True
+                if limit is not None and ran >= limit:
+                    break
+            if not progressed:
+                break
+        return ran
+
+    def work_items(self, *, statuses: Sequence[str] | None = None, eip_uuid: str | None = None) -> list[WorkItem]:
+        return self.store.list_work(statuses=statuses, eip_uuid=eip_uuid)
+
+    def retry_work(self, work_id: int) -> WorkItem:
+        """Make a parked item due now with a fresh attempt budget."""
+        if not self.store.requeue(work_id):
+            item = self.store.work_item(work_id)
+            if item is None:
+                raise WorkItemNotFound(work_id)
+            raise ConflictError(f"work item {work_id} is {item.status}; only parked or pending items can be retried")
+        item = self.store.work_item(work_id)
+        assert item is not None
+        return item
+
+    def dataplane(self, host: str | None = None) -> list[EipSpec]:
+        """What the backend reports as realized (backends that can list their rules)."""
+        if not isinstance(self.backend, ListsRules):
+            raise InvalidInput(f"backend {type(self.backend).__name__} cannot list its rules")
+        return self.backend.rules(host)
+
+
+def connect(url: str | None = None, backend: Backend | str | None = None, **kwargs: Any) -> Eipflow:
+    """Shorthand for :meth:`Eipflow.open`."""
+    return Eipflow.open(url, backend, **kwargs)
+
+
+def _deleted(eip: Eip) -> Eip:
+    from dataclasses import replace
+
+    return replace(eip, state="deleted")
+
+
+def _eip_out(eip: Eip) -> Any:
+    return eip.to_dict()
+
+
+def _eip_in(data: Any) -> Eip:
+    from datetime import datetime
+
+    data = dict(data)
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    data["updated_at"] = datetime.fromisoformat(data["updated_at"])
+    return Eip(**data)
+
+
+def _eips_out(eips: list[Eip]) -> Any:
+    return [e.to_dict() for e in eips]
+
+
+def _eips_in(data: Any) -> list[Eip]:
+    return [_eip_in(d) for d in data]

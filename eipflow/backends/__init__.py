@@ -1,0 +1,16 @@
+"""Backends: the port (:class:`Backend`) and its adapters."""
+
+from .base import Backend, ListsRules, load_backend
+from .faults import Faults, Gate
+from .simulated import BackendCall, InMemoryDataplane, SimulatedDataplane
+
+__all__ = [
+    "Backend",
+    "BackendCall",
+    "Faults",
+    "Gate",
+    "InMemoryDataplane",
+    "ListsRules",
+    "SimulatedDataplane",
+    "load_backend",
+]

@@ -1,0 +1,156 @@
+"""Fault injection for the simulated backends: failures, unknown outcomes, blocking gates, latency.
+
+In-process hooks (``faults.fail``, ``faults.block``) force races with events, never sleeps.
+Separate processes (the CLI tests) use environment variables:
+
+- ``EIPFLOW_SIM_FAIL=apply`` (or ``revoke``, ``apply@HOST``): every matching call fails;
+- ``EIPFLOW_SIM_GATE=DIR``: an apply writes ``DIR/entered`` and waits until ``DIR/release`` exists.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BackendError, BackendTimeout
+from ..values import EipSpec
+
+__all__ = ["Faults", "Gate"]
+
+GATE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Gate:
+    """Blocks matching backend calls until released. ``entered`` is set when a call is waiting."""
+
+    action: str
+    eip_uuid: str | None = None
+    host_uuid: str | None = None
+    entered: threading.Event = field(default_factory=threading.Event)
+    _open: threading.Event = field(default_factory=threading.Event)
+    calls: int = 0
+
+    def matches(self, action: str, spec: EipSpec) -> bool:
+        return (
+            self.action == action
+            and self.eip_uuid in (None, spec.eip_uuid)
+            and self.host_uuid in (None, spec.host_uuid)
+        )
+
+    def wait_entered(self, timeout: float = GATE_TIMEOUT_S) -> None:
+        if not self.entered.wait(timeout):
+            raise TimeoutError(f"no {self.action} call reached the gate within {timeout}s")
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _pass(self) -> None:
+        self.calls += 1
+        self.entered.set()
+        if not self._open.wait(GATE_TIMEOUT_S):
+            raise BackendTimeout(f"gate for {self.action} was never released")
+
+
+@dataclass
+class _Failure:
+    action: str
+    times: int | None  # None: forever
+    host_uuid: str | None
+    eip_uuid: str | None
+    timeout: bool
+    retryable: bool
+    message: str
+
+    def matches(self, action: str, spec: EipSpec) -> bool:
+        return (
+            self.action == action
+            and (self.times is None or self.times > 0)
+            and self.host_uuid in (None, spec.host_uuid)
+            and self.eip_uuid in (None, spec.eip_uuid)
+        )
+
+
+class Faults:
+    """Thread-safe fault plan consulted by a simulated backend around each call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: list[_Failure] = []
+        self._gates: list[Gate] = []
+        self.latency_s: dict[str, float] = {}
+
+    def fail(
+        self,
+        action: str,
+        times: int | None = 1,
+        *,
+        host_uuid: str | None = None,
+        eip_uuid: str | None = None,
+        timeout: bool = False,
+        retryable: bool = True,
+        message: str | None = None,
+    ) -> None:
+        """Make the next ``times`` matching calls fail (``timeout=True``: the effect happens, the answer is lost)."""
+        msg = message or (f"simulated {action} timeout" if timeout else f"simulated {action} failure")
+        with self._lock:
+            self._failures.append(_Failure(action, times, host_uuid, eip_uuid, timeout, retryable, msg))
+
+    def block(self, action: str, *, eip_uuid: str | None = None, host_uuid: str | None = None) -> Gate:
+        """Hold matching calls at a gate until ``gate.release()``."""
+        gate = Gate(action, eip_uuid, host_uuid)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            for gate in self._gates:
+                gate.release()
+            self._gates.clear()
+
+    def before(self, action: str, spec: EipSpec) -> _Failure | None:
+        """Called before the effect: waits at gates, sleeps latency, returns the failure to inject."""
+        with self._lock:
+            gates = [g for g in self._gates if g.matches(action, spec)]
+        for gate in gates:
+            gate._pass()
+        _env_gate(action)
+        delay = self.latency_s.get(action, 0.0)
+        if delay > 0:
+            time.sleep(delay)  # simulated backend latency (the simulate command), never a test's wait
+        with self._lock:
+            for failure in self._failures:
+                if failure.matches(action, spec):
+                    if failure.times is not None:
+                        failure.times -= 1
+                    return failure
+        env = os.environ.get("EIPFLOW_SIM_FAIL", "")
+        for item in filter(None, (p.strip() for p in env.split(","))):
+            want, _, host = item.partition("@")
+            if want == action and host in ("", spec.host_uuid):
+                return _Failure(action, None, None, None, False, True, f"simulated {action} failure (EIPFLOW_SIM_FAIL)")
+        return None
+
+    @staticmethod
+    def raise_for(failure: _Failure) -> None:
+        if failure.timeout:
+            raise BackendTimeout(failure.message)
+        raise BackendError(failure.message, retryable=failure.retryable)
+
+
+def _env_gate(action: str) -> None:
+    gate_dir = os.environ.get("EIPFLOW_SIM_GATE")
+    if not gate_dir or action != "apply":
+        return
+    root = Path(gate_dir)
+    (root / "entered").touch()
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not (root / "release").exists():  # cross-process gate: the other side is a separate process
+        if time.monotonic() > deadline:
+            raise BackendTimeout("EIPFLOW_SIM_GATE was never released")
+        time.sleep(0.01)

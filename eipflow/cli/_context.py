@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: the lazily opened engine, output, logging set-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import structlog
+
+from ..api import Eipflow
+
+__all__ = ["State", "emit", "pass_state", "setup_logging"]
+
+
+@dataclass
+class State:
+    db_url: str | None
+    backend: str | None
+    as_json: bool
+    _flow: Eipflow | None = field(default=None, repr=False)
+
+    @property
+    def flow(self) -> Eipflow:
+        if self._flow is None:
+            self._flow = Eipflow.open(self.db_url, self.backend)
+        return self._flow
+
+    def close(self) -> None:
+        if self._flow is not None:
+            self._flow.close()
+            self._flow = None
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def emit(state: State, data: Any, text: str | None = None) -> None:
+    """One JSON document with ``--json``, else the human text (or a JSON dump if no text is given)."""
+    if state.as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif text is not None:
+        click.echo(text)
+    else:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def setup_logging(verbose: int, fmt: str) -> None:
+    """Only the CLI configures structlog; logs always go to stderr (JSON unless stderr is a TTY)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,195 @@
+"""Every error eipflow raises.
+
+    EipflowError
+    ├── NotFound (LookupError)
+    │   ├── EipNotFound
+    │   └── WorkItemNotFound
+    ├── InvalidInput (ValueError)
+    │   ├── InvalidAddress
+    │   ├── InvalidIdentifier
+    │   ├── InvalidBackendSpec
+    │   └── OperationIdReused
+    ├── ConflictError
+    │   ├── IllegalTransition
+    │   ├── VersionConflict
+    │   ├── GuestIpInUse
+    │   └── VipInUse
+    ├── BackendError            (retryable: bool)
+    │   └── BackendTimeout      (outcome unknown: treated as maybe-applied)
+    ├── AttachFailed            (the attach's apply failed and was rolled back)
+    └── DatabaseError           (connection problems; the URL is shown without its password)
+
+Each error carries its context as attributes and builds its own message, which
+says what is wrong and what to do. Bad input is rejected before anything changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AttachFailed",
+    "BackendError",
+    "BackendTimeout",
+    "ConflictError",
+    "DatabaseError",
+    "EipNotFound",
+    "EipflowError",
+    "GuestIpInUse",
+    "IllegalTransition",
+    "InvalidAddress",
+    "InvalidBackendSpec",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "NotFound",
+    "OperationIdReused",
+    "VersionConflict",
+    "VipInUse",
+    "WorkItemNotFound",
+]
+
+
+class EipflowError(Exception):
+    """Base class of every error eipflow raises."""
+
+    #: whether repeating the same call later may succeed
+    retryable: bool = False
+
+
+class NotFound(EipflowError, LookupError):
+    """Something looked up by id does not exist."""
+
+
+class EipNotFound(NotFound):
+    def __init__(self, eip_uuid: str) -> None:
+        self.eip_uuid = eip_uuid
+        super().__init__(f"EIP {eip_uuid} not found (deleted EIPs keep only their history: eip history {eip_uuid})")
+
+
+class WorkItemNotFound(NotFound):
+    def __init__(self, work_id: int) -> None:
+        self.work_id = work_id
+        super().__init__(f"work item {work_id} not found (see: eipflow work list)")
+
+
+class InvalidInput(EipflowError, ValueError):
+    """A caller passed a value eipflow cannot accept; nothing was changed."""
+
+
+class InvalidAddress(InvalidInput):
+    def __init__(self, field: str, value: object, reason: str = "not a valid IPv4 or IPv6 address") -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {value!r} is {reason}")
+
+
+class InvalidIdentifier(InvalidInput):
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {value!r} is not accepted: {reason}")
+
+
+class InvalidBackendSpec(InvalidInput):
+    def __init__(self, spec: str, reason: str) -> None:
+        self.spec = spec
+        self.reason = reason
+        super().__init__(f"backend {spec!r}: {reason} (expected 'package.module:factory')")
+
+
+class OperationIdReused(InvalidInput):
+    def __init__(self, op_id: str, first: str, now: str) -> None:
+        self.op_id = op_id
+        self.first_request = first
+        self.request = now
+        super().__init__(
+            f"operation id {op_id!r} was already used for a different request ({first}); "
+            f"use a new operation id for {now}"
+        )
+
+
+class ConflictError(EipflowError):
+    """The request conflicts with the current state of the database."""
+
+
+class IllegalTransition(ConflictError):
+    """The event is not allowed in the EIP's current state."""
+
+    def __init__(
+        self, *, eip_uuid: str | None, state: str, event: str, allowed: Sequence[str] = ()
+    ) -> None:
+        self.eip_uuid = eip_uuid
+        self.state = state
+        self.event = event
+        self.allowed = tuple(allowed)
+        who = f"EIP {eip_uuid}" if eip_uuid else "the EIP"
+        allowed_text = ", ".join(self.allowed) if self.allowed else "nothing"
+        super().__init__(f"cannot {event} {who}: it is {state}; allowed now: {allowed_text}")
+
+
+class VersionConflict(ConflictError):
+    """Somebody else changed the row between our read and our compare-and-swap, too often."""
+
+    retryable = True
+
+    def __init__(self, eip_uuid: str, expected_version: int, attempts: int = 1) -> None:
+        self.eip_uuid = eip_uuid
+        self.expected_version = expected_version
+        self.attempts = attempts
+        super().__init__(
+            f"EIP {eip_uuid} changed concurrently (expected version {expected_version}, "
+            f"{attempts} attempt(s)); reload and retry"
+        )
+
+
+class GuestIpInUse(ConflictError):
+    def __init__(self, guest_ip: str, holder: str | None = None) -> None:
+        self.guest_ip = guest_ip
+        self.holder = holder
+        by = f" by EIP {holder}" if holder else ""
+        super().__init__(f"guest IP {guest_ip} already has an EIP bound{by}; detach it first")
+
+
+class VipInUse(ConflictError):
+    def __init__(self, vip: str) -> None:
+        self.vip = vip
+        super().__init__(f"VIP {vip} is already allocated to another EIP")
+
+
+class BackendError(EipflowError):
+    """The backend failed to apply or revoke.
+
+    Backends raise this (or any exception, which the runner wraps in it). Set
+    ``retryable=False`` for failures that retrying cannot fix.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer in time: the outcome is unknown (maybe applied)."""
+
+
+class AttachFailed(EipflowError):
+    """The attach's apply failed; the binding was rolled back (conditionally)."""
+
+    def __init__(self, eip_uuid: str, error: str, state: str) -> None:
+        self.eip_uuid = eip_uuid
+        self.error = error
+        self.state = state
+        super().__init__(f"attach of EIP {eip_uuid} failed and was rolled back (now {state}): {error}")
+
+
+class DatabaseError(EipflowError):
+    """The database could not be reached or refused the request."""
+
+    retryable = True
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"database {url}: {reason}")

@@ -1,0 +1,392 @@
+"""The runner: the one place that combines the machine, the store and a backend.
+
+Two kinds of steps:
+
+- **intents** (:meth:`Runner.fire`): load the row, merge the event's payload into
+  its facts, resolve the target with the compiled machine, plan the entry
+  effects (binding, work item) and compare-and-swap. Lost races reload and
+  decide again; an event the new state does not allow raises
+  :class:`~eipflow.errors.IllegalTransition`.
+- **work** (:meth:`Runner.run_item`): lease a work item, call the backend with
+  no transaction open, then complete: re-read the row (and the VM's latest
+  facts) and send ``apply_ok``/``apply_failed``/``revoke_ok``/``revoke_failed``
+  — fenced by the item id and lease, so an operation that no longer owns the EIP
+  never moves it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from .backends.base import Backend
+from .errors import BackendError, BackendTimeout, EipNotFound, VersionConflict
+from .machine import Facts
+from .store import LeaseLost, NewWork, PlannedTransition, Store
+from .table import resolve
+from .values import Eip, EipSpec, WorkItem
+
+__all__ = ["RetryPolicy", "Runner", "default_owner"]
+
+log = structlog.get_logger("eipflow.runner")
+
+MAX_CAS_ATTEMPTS = 50
+_FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Durable retries of failed backend work: exponential backoff with jitter, then park.
+
+    Retries are rows with a due time (any worker may pick them up after a crash), so this is data,
+    not an in-process retry loop like tenacity's.
+    """
+
+    max_attempts: int = 8
+    base_delay_s: float = 1.0
+    factor: float = 2.0
+    max_delay_s: float = 300.0
+    jitter: float = 0.2  # +/- fraction of the delay
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
+        raw = min(self.max_delay_s, self.base_delay_s * self.factor ** max(0, attempt - 1))
+        spread = raw * self.jitter
+        return max(0.0, raw + (rng or random).uniform(-spread, spread))
+
+
+def default_owner() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:8]}"
+
+
+def _facts(eip: Eip, changes: Mapping[str, Any]) -> Facts:
+    return Facts(*(changes.get(k, getattr(eip, k)) for k in _FACT_KEYS))
+
+
+class Runner:
+    """Drives EIPs through the machine against one store and one backend."""
+
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 60.0,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.owner = owner or default_owner()
+        self.lease_seconds = lease_seconds
+        self.retry = retry or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.conflicts = 0  # lost compare-and-swaps, for reports
+
+    # -- planning ------------------------------------------------------------------------------
+    def _plan(
+        self,
+        eip: Eip,
+        event: str,
+        changes: Mapping[str, Any],
+        *,
+        item: WorkItem | None = None,
+        actor: str | None = None,
+        op_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        retry_update: Mapping[str, Any] | None = None,
+    ) -> PlannedTransition:
+        changes = dict(changes)
+        target = resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid)
+        merged = {**{k: getattr(eip, k) for k in ("vip", "vm_nic_uuid", "guest_ip", "host_uuid", "applied_host")}, **changes}
+        new_work: NewWork | None = None
+        finish: tuple[int, str] | None = None
+        update: tuple[int, str, Mapping[str, Any]] | None = None
+        predicates: dict[str, Any] = {}
+
+        continues = eip.state == "binding" and target == "applying"  # the attach's item goes on
+        if target == eip.state:
+            if item is not None and retry_update is not None:
+                update = (item.id, self.owner, retry_update)
+        else:
+            if item is not None and not continues:
+                finish = (item.id, self.owner)
+            if target == "detached":
+                changes.update(
+                    vm_nic_uuid=None, guest_ip=None, vm_uuid=None, host_uuid=None, applied_host=None,
+                    desired="detached", attach_confirmed=False, work_id=None,
+                )
+                if eip.state == "rolling_back" and item is not None and item.spec is not None:
+                    # The conditional rollback: clear the binding only if it is still the one we applied.
+                    predicates = {"vm_nic_uuid": item.spec.vm_nic_uuid, "guest_ip": item.spec.guest_ip}
+            elif target == "binding":
+                new_work = NewWork("apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], None)
+            elif target == "applying":
+                changes["applied_host"] = merged["host_uuid"]
+                if continues and item is not None:
+                    update = (item.id, self.owner, {"host_uuid": merged["host_uuid"]})
+                else:
+                    new_work = NewWork(
+                        "apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], merged["host_uuid"]
+                    )
+            elif target == "attached":
+                changes.update(attach_confirmed=True, last_error=None, work_id=None)
+            elif target == "released":
+                changes.update(applied_host=None, attach_confirmed=True, work_id=None, last_error=None)
+            elif target in ("releasing", "detaching", "rolling_back"):
+                host = merged["applied_host"]
+                assert host is not None, f"{eip.uuid}: {target} needs the host that holds the rule"
+                new_work = NewWork("revoke", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host)
+            elif target in ("deleted",):
+                pass
+        return PlannedTransition(
+            eip=eip,
+            event=event,
+            target=target,
+            changes=changes,
+            predicates=predicates,
+            new_work=new_work,
+            finish_work=finish,
+            update_work=update,
+            actor=actor or self.owner,
+            op_id=op_id,
+            details=details or {},
+        )
+
+    def _commit(self, plan: PlannedTransition, started: float) -> Eip | None:
+        result = self.store.commit(plan)
+        if result is None:
+            self.conflicts += 1
+            log.debug(
+                "transition.conflict", eip_uuid=plan.eip.uuid, trigger=plan.event, version=plan.eip.version
+            )
+            return None
+        log.info(
+            "transition.applied",
+            eip_uuid=result.uuid,
+            trigger=plan.event,
+            state_from=plan.eip.state,
+            state_to=plan.target,
+            version=result.version,
+            actor=plan.actor,
+            op_id=plan.op_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return result
+
+    # -- intents -------------------------------------------------------------------------------
+    def fire(
+        self,
+        uuid: str,
+        event: str,
+        changes: Mapping[str, Any] | Callable[[Eip], Mapping[str, Any]] | None = None,
+        *,
+        actor: str | None = None,
+        op_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Eip:
+        """Send an intent event to one EIP, retrying lost compare-and-swaps against fresh rows."""
+        started = time.perf_counter()
+        eip: Eip | None = None
+        for _ in range(MAX_CAS_ATTEMPTS):
+            eip = self.store.get(uuid)
+            if eip is None:
+                raise EipNotFound(uuid)
+            payload = changes(eip) if callable(changes) else (changes or {})
+            plan = self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
+            result = self._commit(plan, started)
+            if result is not None:
+                return result
+        raise VersionConflict(uuid, eip.version if eip else 0, MAX_CAS_ATTEMPTS)
+
+    # -- work ----------------------------------------------------------------------------------
+    def drive(self, uuid: str, *, max_steps: int = 64) -> Eip | None:
+        """Run the EIP's due work inline until it is stable, not due yet, or leased by someone else."""
+        for _ in range(max_steps):
+            eip = self.store.get(uuid)
+            if eip is None or eip.work_id is None:
+                return eip
+            if self.run_item(eip.work_id) is None:
+                return self.store.get(uuid)
+        return self.store.get(uuid)
+
+    def run_item(self, work_id: int) -> WorkItem | None:
+        """Claim and execute one work item. Returns the item, or ``None`` when it could not be claimed."""
+        item = self.store.claim(work_id, self.owner, self.lease_seconds)
+        if item is None:
+            return None
+        log.debug("work.claimed", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action, attempt=item.attempts)
+        try:
+            self._execute(item)
+        except LeaseLost:
+            log.warning("work.fenced", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action)
+        return item
+
+    def _execute(self, item: WorkItem) -> None:
+        if item.cleanup:
+            self._run_cleanup(item)
+            return
+        eip = self.store.get(item.eip_uuid)
+        if eip is None or eip.work_id != item.id:
+            # The state moved on without this item (it cannot happen through the runner; be safe).
+            self.store.set_work_status(item.id, self.owner, "cancelled", error="superseded")
+            return
+        spec = item.spec
+        if eip.state == "binding":
+            eip = self._complete(item, "proceed")
+            if eip is None or eip.state != "applying":
+                return
+            assert eip.applied_host is not None and eip.vm_nic_uuid and eip.guest_ip
+            spec = EipSpec(eip.uuid, eip.vip, eip.vm_nic_uuid, eip.guest_ip, eip.applied_host)
+        assert spec is not None
+        error = self._call(item.action, spec)
+        if item.action == "apply":
+            if error is None:
+                done = self._complete(item, "apply_ok", spec=spec)
+            else:
+                done = self._complete(item, "apply_failed", spec=spec, error=error)
+            if done is None and error is None:
+                self._orphaned_apply(item, spec)
+        else:
+            self._complete(item, "revoke_ok" if error is None else "revoke_failed", spec=spec, error=error)
+
+    def _call(self, action: str, spec: EipSpec) -> BackendError | None:
+        started = time.perf_counter()
+        bound = log.bind(eip_uuid=spec.eip_uuid, host_uuid=spec.host_uuid, action=action)
+        try:
+            (self.backend.apply if action == "apply" else self.backend.revoke)(spec)
+        except BackendError as exc:
+            err: BackendError = exc
+        except Exception as exc:  # noqa: BLE001 - any backend failure is an unknown outcome, retried
+            err = BackendTimeout(f"{type(exc).__name__}: {exc}")
+        else:
+            bound.info(f"backend.{action}_ok", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return None
+        bound.warning(
+            f"backend.{action}_failed",
+            error=str(err),
+            retryable=err.retryable,
+            outcome_unknown=isinstance(err, BackendTimeout),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return err
+
+    def _complete(
+        self, item: WorkItem, event: str, *, spec: EipSpec | None = None, error: BackendError | None = None
+    ) -> Eip | None:
+        """Fenced completion: re-read, merge the VM's latest facts, compare-and-swap; ``None`` if fenced out."""
+        started = time.perf_counter()
+        if spec is not None and item.spec is None:
+            item = _with_spec(item, spec)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            eip = self.store.get(item.eip_uuid)
+            if eip is None or eip.work_id != item.id:
+                return None
+            if (
+                event == "revoke_ok"
+                and eip.state == "rolling_back"
+                and item.spec is not None
+                and (eip.vm_nic_uuid, eip.guest_ip) != (item.spec.vm_nic_uuid, item.spec.guest_ip)
+            ):
+                # Somebody else owns the binding now: revoke our own rule only, never their binding.
+                log.warning("rollback.skipped", eip_uuid=eip.uuid, work_id=item.id)
+                self.store.set_work_status(item.id, self.owner, "done")
+                return None
+            changes: dict[str, Any] = self._vm_facts(eip)
+            retry_update: dict[str, Any] | None = None
+            details: dict[str, Any] = {"work_id": item.id, "attempt": item.attempts}
+            if spec is not None:
+                details["host_uuid"] = spec.host_uuid
+            if error is not None:
+                changes["last_error"] = f"{item.action} on {spec.host_uuid if spec else '?'}: {error}"
+                details["error"] = str(error)
+                if self._would_stay(eip, event, changes):
+                    retry_update = self._reschedule(item, error)
+                    details["retry"] = retry_update["status"]
+                    if retry_update["status"] == "parked":
+                        changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
+            try:
+                plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
+                result = self._commit(plan, started)
+            except LeaseLost:
+                return None
+            if result is not None:
+                if retry_update is not None:
+                    log.info("work.rescheduled", work_id=item.id, eip_uuid=eip.uuid, **_jsonable(retry_update))
+                return result
+        raise VersionConflict(item.eip_uuid, 0, MAX_CAS_ATTEMPTS)
+
+    def _would_stay(self, eip: Eip, event: str, changes: Mapping[str, Any]) -> bool:
+        return resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid) == eip.state
+
+    def _reschedule(self, item: WorkItem, error: BackendError) -> dict[str, Any]:
+        now = self.store.clock.now()
+        if not error.retryable or item.attempts >= self.retry.max_attempts:
+            return {"status": "parked", "lease_owner": None, "lease_expires_at": None, "last_error": str(error)}
+        due = now + timedelta(seconds=self.retry.delay(item.attempts, self.rng))
+        return {
+            "status": "pending",
+            "due_at": due,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error": str(error),
+        }
+
+    def _vm_facts(self, eip: Eip) -> dict[str, Any]:
+        """The VM's latest recorded placement wins over the row's copy (the release paths' ordering)."""
+        if eip.vm_uuid is None:
+            return {}
+        vm = self.store.vm(eip.vm_uuid)
+        if vm is None:
+            return {}
+        host = vm.host_uuid if vm.running else None
+        return {} if host == eip.host_uuid else {"host_uuid": host}
+
+    def _orphaned_apply(self, item: WorkItem, spec: EipSpec) -> None:
+        """We applied, then lost the EIP to someone else: revoke ours unless the row wants it realized."""
+        eip = self.store.get(item.eip_uuid)
+        if eip is not None and eip.state in ("applying", "attached") and _realizes(eip, spec):
+            return
+        work_id = self.store.add_work(
+            item.eip_uuid,
+            NewWork("revoke", spec.vip, spec.vm_nic_uuid, spec.guest_ip, spec.host_uuid, cleanup=True),
+        )
+        log.warning("work.orphan_revoke_enqueued", eip_uuid=item.eip_uuid, work_id=work_id, host_uuid=spec.host_uuid)
+
+    def _run_cleanup(self, item: WorkItem) -> None:
+        assert item.spec is not None
+        eip = self.store.get(item.eip_uuid)
+        if eip is not None and eip.state in ("applying", "attached") and _realizes(eip, item.spec):
+            self.store.set_work_status(item.id, self.owner, "cancelled", error="rule is wanted again")
+            return
+        error = self._call("revoke", item.spec)
+        if error is None:
+            self.store.set_work_status(item.id, self.owner, "done")
+            return
+        update = self._reschedule(item, error)
+        self.store.set_work_status(item.id, self.owner, update["status"], error=str(error), due_at=update.get("due_at"))
+
+
+def _realizes(eip: Eip, spec: EipSpec) -> bool:
+    return (eip.applied_host, eip.guest_ip, eip.vm_nic_uuid) == (spec.host_uuid, spec.guest_ip, spec.vm_nic_uuid)
+
+
+def _with_spec(item: WorkItem, spec: EipSpec) -> WorkItem:
+    from dataclasses import replace
+
+    return replace(item, spec=spec)
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in values.items() if k != "last_error"}

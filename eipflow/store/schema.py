@@ -1,0 +1,158 @@
+"""The tables, as sqlmodel classes (the schema Alembic migrates and the store writes with Core).
+
+The hot path never goes through the ORM: :mod:`eipflow.store.store` uses the
+``__table__`` of these classes with SQLAlchemy Core statements.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "EipRow",
+    "OperationRow",
+    "SimRuleRow",
+    "TransitionRow",
+    "UTCDateTime",
+    "VmRow",
+    "WorkRow",
+    "metadata",
+]
+
+ID = 128  # caller-platform ids are opaque bounded strings
+IP = 64
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in Python, naive UTC in the column: the same on SQLite, PostgreSQL and MariaDB."""
+
+    impl = sa.DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("eipflow stores timezone-aware UTC datetimes only")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_column=sa.Column(UTCDateTime(), **kw))
+
+
+class EipRow(SQLModel, table=True):
+    __tablename__ = "eip"
+    __table_args__ = (
+        sa.Index("ix_eip_vm_uuid", "vm_uuid"),
+        sa.Index("ix_eip_host_uuid", "host_uuid"),
+        sa.Index("ix_eip_applied_host", "applied_host"),
+        sa.Index("ix_eip_state", "state"),
+    )
+
+    uuid: str = Field(primary_key=True, max_length=36)
+    name: Optional[str] = Field(default=None, max_length=255)
+    vip: str = Field(max_length=IP, sa_column_kwargs={"unique": True})
+    state: str = Field(max_length=20)
+    version: int
+    desired: str = Field(max_length=16)
+    vm_nic_uuid: Optional[str] = Field(default=None, max_length=ID)
+    # A guest IP carries at most one EIP: NULLs (unbound rows) never collide on any of our databases.
+    guest_ip: Optional[str] = Field(default=None, max_length=IP, sa_column_kwargs={"unique": True})
+    vm_uuid: Optional[str] = Field(default=None, max_length=ID)
+    host_uuid: Optional[str] = Field(default=None, max_length=ID)
+    applied_host: Optional[str] = Field(default=None, max_length=ID)
+    attach_confirmed: bool = False
+    work_id: Optional[int] = None
+    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class TransitionRow(SQLModel, table=True):
+    __tablename__ = "eip_transition"
+    # One history row per version: the database itself refuses a second writer of the same version.
+    __table_args__ = (sa.UniqueConstraint("eip_uuid", "version", name="uq_eip_transition_version"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    eip_uuid: str = Field(max_length=36)
+    event: str = Field(max_length=32)
+    from_state: str = Field(max_length=20)
+    to_state: str = Field(max_length=20)
+    version: int
+    actor: Optional[str] = Field(default=None, max_length=ID)
+    op_id: Optional[str] = Field(default=None, max_length=ID)
+    at: datetime = _ts(nullable=False)
+    details: Optional[str] = Field(default=None, sa_type=sa.Text)
+
+
+class WorkRow(SQLModel, table=True):
+    __tablename__ = "eip_work"
+    __table_args__ = (
+        sa.Index("ix_eip_work_due", "status", "due_at"),
+        sa.Index("ix_eip_work_eip", "eip_uuid"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    eip_uuid: str = Field(max_length=36)
+    action: str = Field(max_length=8)
+    vip: str = Field(max_length=IP)
+    vm_nic_uuid: str = Field(max_length=ID)
+    guest_ip: str = Field(max_length=IP)
+    host_uuid: Optional[str] = Field(default=None, max_length=ID)
+    status: str = Field(max_length=10)
+    attempts: int = 0
+    due_at: datetime = _ts(nullable=False)
+    lease_owner: Optional[str] = Field(default=None, max_length=ID)
+    lease_expires_at: Optional[datetime] = _ts(nullable=True)
+    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    cleanup: bool = False
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class VmRow(SQLModel, table=True):
+    __tablename__ = "eip_vm"
+
+    uuid: str = Field(primary_key=True, max_length=ID)
+    host_uuid: Optional[str] = Field(default=None, max_length=ID)
+    running: bool
+    version: int
+    updated_at: datetime = _ts(nullable=False)
+
+
+class OperationRow(SQLModel, table=True):
+    __tablename__ = "eip_operation"
+
+    op_id: str = Field(primary_key=True, max_length=ID)
+    request: str = Field(sa_type=sa.Text)
+    status: str = Field(max_length=10)
+    result: Optional[str] = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class SimRuleRow(SQLModel, table=True):
+    """A rule of the built-in simulated dataplane (kept in the same database, so CLI processes share it)."""
+
+    __tablename__ = "sim_rule"
+
+    host_uuid: str = Field(primary_key=True, max_length=ID)
+    eip_uuid: str = Field(primary_key=True, max_length=36)
+    vip: str = Field(max_length=IP)
+    vm_nic_uuid: str = Field(max_length=ID)
+    guest_ip: str = Field(max_length=IP)
+    applied_at: datetime = _ts(nullable=False)
+
+
+metadata = SQLModel.metadata

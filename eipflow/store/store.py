@@ -1,0 +1,542 @@
+"""The store: rows, the version-checked write, history and the durable work items.
+
+Every state change is one short transaction built from SQLAlchemy Core
+statements (compiled once and cached): finish the fenced work item, insert the
+next one, ``UPDATE eip … WHERE uuid = :u AND version = :v`` and its history row.
+A rowcount of 0 means somebody moved first; the caller reloads and decides
+again. Nothing here calls a backend, and no transaction outlives a method call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ..clock import Clock, SystemClock
+from ..errors import EipNotFound, GuestIpInUse, VipInUse
+from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
+from .database import translate_errors
+from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
+
+__all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
+
+EIP = EipRow.__table__  # type: ignore[attr-defined]
+HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
+WORK = WorkRow.__table__  # type: ignore[attr-defined]
+VM = VmRow.__table__  # type: ignore[attr-defined]
+OPERATION = OperationRow.__table__  # type: ignore[attr-defined]
+
+_EIP_COLS = [c.name for c in EIP.columns]
+_WORK_COLS = [c.name for c in WORK.columns]
+
+
+class _CasLost(Exception):
+    """Internal: the compare-and-swap matched no row; unwinds the transaction."""
+
+
+class LeaseLost(Exception):
+    """Internal: the work item is no longer ours (its lease expired and another worker took it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewWork:
+    """A work item to insert in the same transaction as the state change that needs it."""
+
+    action: str
+    vip: str
+    vm_nic_uuid: str
+    guest_ip: str
+    host_uuid: str | None
+    due_at: datetime | None = None
+    cleanup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedTransition:
+    """Everything one compare-and-swap writes; built by the runner, executed by :meth:`Store.commit`."""
+
+    eip: Eip
+    event: str
+    target: str
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    #: extra ``column = value`` conditions beside uuid and version (the conditional rollback)
+    predicates: Mapping[str, Any] = field(default_factory=dict)
+    new_work: NewWork | None = None
+    #: ``(work_id, owner)`` of the leased item this transition completes
+    finish_work: tuple[int, str] | None = None
+    #: ``(work_id, owner, values)``: update the still-current item in place (spec, reschedule)
+    update_work: tuple[int, str, Mapping[str, Any]] | None = None
+    actor: str | None = None
+    op_id: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _eip(row: Any) -> Eip:
+    return Eip(**row._mapping)
+
+
+def _work(row: Any) -> WorkItem:
+    m = row._mapping
+    spec = None
+    if m["host_uuid"] is not None:
+        spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
+    return WorkItem(
+        id=m["id"],
+        eip_uuid=m["eip_uuid"],
+        action=m["action"],
+        spec=spec,
+        status=m["status"],
+        attempts=m["attempts"],
+        due_at=m["due_at"],
+        lease_owner=m["lease_owner"],
+        lease_expires_at=m["lease_expires_at"],
+        last_error=m["last_error"],
+        cleanup=bool(m["cleanup"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _record(row: Any) -> TransitionRecord:
+    m = row._mapping
+    return TransitionRecord(
+        id=m["id"],
+        eip_uuid=m["eip_uuid"],
+        event=m["event"],
+        from_state=m["from_state"],
+        to_state=m["to_state"],
+        version=m["version"],
+        actor=m["actor"],
+        op_id=m["op_id"],
+        at=m["at"],
+        details=json.loads(m["details"]) if m["details"] else {},
+    )
+
+
+class Store:
+    """Reads and version-checked writes of eipflow's tables on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock: Clock = clock or SystemClock()
+        self._update_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
+        self._delete_cache: dict[tuple[str, ...], Any] = {}
+        self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
+        self._insert_history = HISTORY.insert()
+        self._insert_work = WORK.insert()
+
+    # -- connections ---------------------------------------------------------------------------
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(eipflow_read=True)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get(self, uuid: str) -> Eip | None:
+        with translate_errors(self.engine), self._read() as conn:
+            row = conn.execute(self._select_eip, {"u": uuid}).first()
+        return _eip(row) if row is not None else None
+
+    def require(self, uuid: str) -> Eip:
+        eip = self.get(uuid)
+        if eip is None:
+            raise EipNotFound(uuid)
+        return eip
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        vm_uuid: str | None = None,
+        host_uuid: str | None = None,
+        states: Iterable[str] | None = None,
+    ) -> list[Eip]:
+        stmt = sa.select(EIP)
+        if state is not None:
+            stmt = stmt.where(EIP.c.state == state)
+        if states is not None:
+            stmt = stmt.where(EIP.c.state.in_(list(states)))
+        if vm_uuid is not None:
+            stmt = stmt.where(EIP.c.vm_uuid == vm_uuid)
+        if host_uuid is not None:
+            stmt = stmt.where(sa.or_(EIP.c.applied_host == host_uuid, EIP.c.host_uuid == host_uuid))
+        stmt = stmt.order_by(EIP.c.created_at, EIP.c.uuid)
+        with translate_errors(self.engine), self._read() as conn:
+            return [_eip(r) for r in conn.execute(stmt)]
+
+    def holder_of_guest_ip(self, guest_ip: str) -> str | None:
+        with translate_errors(self.engine), self._read() as conn:
+            return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.guest_ip == guest_ip)).scalar()
+
+    def history(self, uuid: str) -> list[TransitionRecord]:
+        stmt = sa.select(HISTORY).where(HISTORY.c.eip_uuid == uuid).order_by(HISTORY.c.version)
+        with translate_errors(self.engine), self._read() as conn:
+            return [_record(r) for r in conn.execute(stmt)]
+
+    def all_history(self) -> list[TransitionRecord]:
+        stmt = sa.select(HISTORY).order_by(HISTORY.c.eip_uuid, HISTORY.c.version)
+        with translate_errors(self.engine), self._read() as conn:
+            return [_record(r) for r in conn.execute(stmt)]
+
+    def work_item(self, work_id: int) -> WorkItem | None:
+        with translate_errors(self.engine), self._read() as conn:
+            row = conn.execute(sa.select(WORK).where(WORK.c.id == work_id)).first()
+        return _work(row) if row is not None else None
+
+    def list_work(self, *, statuses: Sequence[str] | None = None, eip_uuid: str | None = None) -> list[WorkItem]:
+        stmt = sa.select(WORK)
+        if statuses:
+            stmt = stmt.where(WORK.c.status.in_(list(statuses)))
+        if eip_uuid:
+            stmt = stmt.where(WORK.c.eip_uuid == eip_uuid)
+        with translate_errors(self.engine), self._read() as conn:
+            return [_work(r) for r in conn.execute(stmt.order_by(WORK.c.id))]
+
+    def due_work(self, now: datetime, limit: int = 100) -> list[int]:
+        """Ids of items a worker may claim now: pending and due, or running with an expired lease."""
+        stmt = (
+            sa.select(WORK.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
+                    sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
+                )
+            )
+            .order_by(WORK.c.due_at, WORK.c.id)
+            .limit(limit)
+        )
+        with translate_errors(self.engine), self._read() as conn:
+            return [r[0] for r in conn.execute(stmt)]
+
+    def next_due_at(self) -> datetime | None:
+        stmt = sa.select(sa.func.min(WORK.c.due_at)).where(WORK.c.status == "pending")
+        with translate_errors(self.engine), self._read() as conn:
+            return conn.execute(stmt).scalar()
+
+    def vm(self, uuid: str) -> Vm | None:
+        with translate_errors(self.engine), self._read() as conn:
+            row = conn.execute(sa.select(VM).where(VM.c.uuid == uuid)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"])
+
+    # -- writes --------------------------------------------------------------------------------
+    def create(self, uuid: str, vip: str, name: str | None, *, actor: str | None, op_id: str | None) -> Eip:
+        now = self.clock.now()
+        values = dict(
+            uuid=uuid,
+            name=name,
+            vip=vip,
+            state="detached",
+            version=1,
+            desired="detached",
+            vm_nic_uuid=None,
+            guest_ip=None,
+            vm_uuid=None,
+            host_uuid=None,
+            applied_host=None,
+            attach_confirmed=False,
+            work_id=None,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with translate_errors(self.engine), self.engine.begin() as conn:
+                conn.execute(EIP.insert(), values)
+                conn.execute(
+                    self._insert_history,
+                    dict(
+                        eip_uuid=uuid,
+                        event="create",
+                        from_state="",
+                        to_state="detached",
+                        version=1,
+                        actor=actor,
+                        op_id=op_id,
+                        at=now,
+                        details=json.dumps({"vip": vip, "name": name}),
+                    ),
+                )
+        except sa.exc.IntegrityError:
+            raise VipInUse(vip) from None
+        return Eip(**values)  # type: ignore[arg-type]
+
+    def _update_stmt(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> Any:
+        key = (set_cols, pred_cols)
+        stmt = self._update_cache.get(key)
+        if stmt is None:
+            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
+            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
+            stmt = EIP.update().where(*where).values({c: sa.bindparam(f"s_{c}") for c in set_cols})
+            self._update_cache[key] = stmt
+        return stmt
+
+    def _delete_stmt(self, pred_cols: tuple[str, ...]) -> Any:
+        stmt = self._delete_cache.get(pred_cols)
+        if stmt is None:
+            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
+            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
+            stmt = EIP.delete().where(*where)
+            self._delete_cache[pred_cols] = stmt
+        return stmt
+
+    def commit(self, plan: PlannedTransition) -> Eip | None:
+        """Execute one planned transition atomically.
+
+        Returns:
+            The row as written (``state == "deleted"`` for a deleted row), or ``None`` when the
+            compare-and-swap lost (version moved or a predicate no longer holds): reload and decide again.
+
+        Raises:
+            LeaseLost: ``finish_work``/``update_work`` names an item this owner no longer holds.
+            GuestIpInUse: the new binding's guest IP already carries another EIP.
+        """
+        eip = plan.eip
+        now = self.clock.now()
+        changes = dict(plan.changes)
+        new_version = eip.version + 1
+        try:
+            with translate_errors(self.engine), self.engine.begin() as conn:
+                if plan.finish_work is not None:
+                    work_id, owner = plan.finish_work
+                    done = conn.execute(
+                        WORK.update()
+                        .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
+                        .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=now)
+                    )
+                    if done.rowcount != 1:
+                        raise LeaseLost(work_id)
+                if plan.update_work is not None:
+                    work_id, owner, values = plan.update_work
+                    upd = conn.execute(
+                        WORK.update()
+                        .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
+                        .values(updated_at=now, **values)
+                    )
+                    if upd.rowcount != 1:
+                        raise LeaseLost(work_id)
+                if plan.new_work is not None:
+                    changes["work_id"] = self._insert_work_item(conn, eip.uuid, plan.new_work, now)
+                pred_cols = tuple(sorted(plan.predicates))
+                params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
+                params.update({f"w_{c}": v for c, v in plan.predicates.items()})
+                if plan.target == "deleted":
+                    result = conn.execute(self._delete_stmt(pred_cols), params)
+                else:
+                    changes["state"] = plan.target
+                    changes["version"] = new_version
+                    changes["updated_at"] = now
+                    set_cols = tuple(sorted(changes))
+                    params.update({f"s_{c}": v for c, v in changes.items()})
+                    result = conn.execute(self._update_stmt(set_cols, pred_cols), params)
+                if result.rowcount != 1:
+                    raise _CasLost
+                conn.execute(
+                    self._insert_history,
+                    {
+                        "eip_uuid": eip.uuid,
+                        "event": plan.event,
+                        "from_state": eip.state,
+                        "to_state": plan.target,
+                        "version": new_version,
+                        "actor": plan.actor,
+                        "op_id": plan.op_id,
+                        "at": now,
+                        "details": json.dumps(plan.details, sort_keys=True, default=str) if plan.details else None,
+                    },
+                )
+        except _CasLost:
+            return None
+        except sa.exc.IntegrityError:
+            guest_ip = changes.get("guest_ip")
+            if guest_ip is not None:  # the only unique column a transition can collide on
+                raise GuestIpInUse(guest_ip, self.holder_of_guest_ip(guest_ip)) from None
+            raise
+        merged = {c: getattr(eip, c) for c in _EIP_COLS}
+        merged.update(changes)
+        merged.update(state=plan.target, version=new_version, updated_at=now)
+        return Eip(**merged)
+
+    def _insert_work_item(self, conn: Connection, eip_uuid: str, work: NewWork, now: datetime) -> int:
+        result = conn.execute(
+            self._insert_work,
+            {
+                "eip_uuid": eip_uuid,
+                "action": work.action,
+                "vip": work.vip,
+                "vm_nic_uuid": work.vm_nic_uuid,
+                "guest_ip": work.guest_ip,
+                "host_uuid": work.host_uuid,
+                "status": "pending",
+                "attempts": 0,
+                "due_at": work.due_at or now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "last_error": None,
+                "cleanup": work.cleanup,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def add_work(self, eip_uuid: str, work: NewWork) -> int:
+        """Insert a stand-alone work item (a cleanup revoke that drives no state)."""
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            return self._insert_work_item(conn, eip_uuid, work, self.clock.now())
+
+    def record_vm(self, uuid: str, host_uuid: str | None, running: bool) -> Vm:
+        """Upsert what eipflow is told about a VM (the latest fact wins)."""
+        now = self.clock.now()
+        values = {"host_uuid": host_uuid, "running": running, "updated_at": now}
+        for _ in range(5):
+            with translate_errors(self.engine), self.engine.begin() as conn:
+                upd = conn.execute(
+                    VM.update().where(VM.c.uuid == uuid).values(version=VM.c.version + 1, **values)
+                )
+                if upd.rowcount == 1:
+                    return Vm(uuid, host_uuid, running, now)
+            try:
+                with translate_errors(self.engine), self.engine.begin() as conn:
+                    conn.execute(VM.insert().values(uuid=uuid, version=1, **values))
+                return Vm(uuid, host_uuid, running, now)
+            except sa.exc.IntegrityError:
+                continue  # inserted concurrently: update it on the next round
+        raise RuntimeError(f"could not record VM {uuid}")  # pragma: no cover - needs 5 lost races in a row
+
+    def claim(self, work_id: int, owner: str, lease_seconds: float) -> WorkItem | None:
+        """Lease one item: a compare-and-swap on its status and lease, correct on every database."""
+        now = self.clock.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        stmt = (
+            WORK.update()
+            .where(
+                WORK.c.id == work_id,
+                sa.or_(
+                    sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
+                    sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status="running",
+                lease_owner=owner,
+                lease_expires_at=expires,
+                attempts=WORK.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            if conn.execute(stmt).rowcount != 1:
+                return None
+            row = conn.execute(sa.select(WORK).where(WORK.c.id == work_id)).first()
+        return _work(row)
+
+    def extend_lease(self, work_id: int, owner: str, lease_seconds: float) -> bool:
+        now = self.clock.now()
+        stmt = (
+            WORK.update()
+            .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        )
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def set_work_status(
+        self, work_id: int, owner: str | None, status: str, *, error: str | None = None,
+        due_at: datetime | None = None,
+    ) -> bool:
+        """Finish, cancel, park or reschedule an item (fenced by its lease owner when given)."""
+        now = self.clock.now()
+        where = [WORK.c.id == work_id]
+        if owner is not None:
+            where += [WORK.c.lease_owner == owner, WORK.c.status == "running"]
+        values: dict[str, Any] = {"status": status, "lease_owner": None, "lease_expires_at": None, "updated_at": now}
+        if error is not None:
+            values["last_error"] = error
+        if due_at is not None:
+            values["due_at"] = due_at
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            return bool(conn.execute(WORK.update().where(*where).values(values)).rowcount == 1)
+
+    def requeue(self, work_id: int) -> bool:
+        """Operator retry: a parked (or pending) item becomes due now with a fresh attempt budget."""
+        now = self.clock.now()
+        stmt = (
+            WORK.update()
+            .where(WORK.c.id == work_id, WORK.c.status.in_(["parked", "pending"]))
+            .values(status="pending", attempts=0, due_at=now, updated_at=now)
+        )
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+    def release_lease(self, work_id: int, owner: str) -> bool:
+        """Give an item back unfinished (graceful shutdown): due again at once."""
+        now = self.clock.now()
+        stmt = (
+            WORK.update()
+            .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
+            .values(status="pending", lease_owner=None, lease_expires_at=None, due_at=now, updated_at=now)
+        )
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
+
+
+class Operations:
+    """Idempotency keys: the first request with an operation id records its outcome; repeats replay it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def begin(self, op_id: str, request: str) -> Any | None:
+        """Claim ``op_id`` for ``request``; returns the existing row's mapping when it was used before."""
+        now = self.store.clock.now()
+        engine = self.store.engine
+        try:
+            with translate_errors(engine), engine.begin() as conn:
+                conn.execute(
+                    OPERATION.insert().values(
+                        op_id=op_id, request=request, status="running", result=None, created_at=now, updated_at=now
+                    )
+                )
+            return None
+        except sa.exc.IntegrityError:
+            with translate_errors(engine), self.store._read() as conn:
+                row = conn.execute(sa.select(OPERATION).where(OPERATION.c.op_id == op_id)).first()
+            return row._mapping if row is not None else None
+
+    def get(self, op_id: str) -> Any | None:
+        with translate_errors(self.store.engine), self.store._read() as conn:
+            row = conn.execute(sa.select(OPERATION).where(OPERATION.c.op_id == op_id)).first()
+        return row._mapping if row is not None else None
+
+    def finish(self, op_id: str, status: str, result: str) -> None:
+        with translate_errors(self.store.engine), self.store.engine.begin() as conn:
+            conn.execute(
+                OPERATION.update()
+                .where(OPERATION.c.op_id == op_id)
+                .values(status=status, result=result, updated_at=self.store.clock.now())
+            )
+
+    def forget(self, op_id: str) -> None:
+        """Drop a claim whose request changed nothing (it failed validation or a conflict)."""
+        with translate_errors(self.store.engine), self.store.engine.begin() as conn:
+            conn.execute(OPERATION.delete().where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running"))
+
+    def take_over(self, op_id: str, stale_before: datetime) -> bool:
+        """Claim a ``running`` operation whose caller died (not updated since ``stale_before``)."""
+        now = self.store.clock.now()
+        stmt = (
+            OPERATION.update()
+            .where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running", OPERATION.c.updated_at < stale_before)
+            .values(updated_at=now)
+        )
+        with translate_errors(self.store.engine), self.store.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount == 1)
