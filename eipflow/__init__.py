@@ -9,6 +9,7 @@ from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, Simu
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     AttachFailed,
+    AttachSuperseded,
     BackendError,
     BackendTimeout,
     ConflictError,
@@ -34,6 +35,7 @@ from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "AttachFailed",
+    "AttachSuperseded",
     "Backend",
     "BackendError",
     "BackendTimeout",

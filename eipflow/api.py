@@ -19,6 +19,7 @@ from .backends.simulated import SimulatedDataplane
 from .clock import Clock, SystemClock
 from .errors import (
     AttachFailed,
+    AttachSuperseded,
     ConflictError,
     EipNotFound,
     EipflowError,
@@ -265,9 +266,12 @@ class Eipflow:
             return eip
         final = self.runner.drive(uuid)
         if any(r.to_state == "rolling_back" for r in self.store.history(uuid) if r.version > eip.version):
-            last = final or eip
+            last = final or _deleted(eip)
             raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)
-        return final or eip
+        if final is None or (final.vm_nic_uuid, final.guest_ip) != (nic, guest_ip):
+            state = final.state if final else "deleted"
+            raise AttachSuperseded(uuid, state, (final.vm_nic_uuid, final.guest_ip) if final else (None, None))
+        return final
 
     def detach(self, uuid: str, *, op_id: str | None = None, wait: bool = True) -> Eip:
         """Revoke the EIP's rule and clear its binding (deferred to the in-flight call if one runs)."""

@@ -13,7 +13,8 @@
     │   ├── IllegalTransition
     │   ├── VersionConflict
     │   ├── GuestIpInUse
-    │   └── VipInUse
+    │   ├── VipInUse
+    │   └── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
     ├── BackendError            (retryable: bool)
     │   └── BackendTimeout      (outcome unknown: treated as maybe-applied)
     ├── AttachFailed            (the attach's apply failed and was rolled back)
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "AttachFailed",
+    "AttachSuperseded",
     "BackendError",
     "BackendTimeout",
     "ConflictError",
@@ -156,6 +158,17 @@ class VipInUse(ConflictError):
     def __init__(self, vip: str) -> None:
         self.vip = vip
         super().__init__(f"VIP {vip} is already allocated to another EIP")
+
+
+class AttachSuperseded(ConflictError):
+    """The attach's binding did not survive: a detach, delete or later attach overtook it while it ran."""
+
+    def __init__(self, eip_uuid: str, state: str, binding: tuple[str | None, str | None]) -> None:
+        self.eip_uuid = eip_uuid
+        self.state = state
+        self.binding = binding
+        now = f"bound to {binding[0]}/{binding[1]}" if binding[0] else "unbound"
+        super().__init__(f"attach of EIP {eip_uuid} was overtaken by a later request: it is now {state}, {now}")
 
 
 class BackendError(EipflowError):

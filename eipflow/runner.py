@@ -28,6 +28,7 @@ import structlog
 
 from .backends.base import Backend
 from .errors import BackendError, BackendTimeout, EipNotFound, VersionConflict
+from .faultpoints import crash_point
 from .machine import Facts
 from .store import LeaseLost, NewWork, PlannedTransition, Store
 from .table import resolve
@@ -226,7 +227,12 @@ class Runner:
         item = self.store.claim(work_id, self.owner, self.lease_seconds)
         if item is None:
             return None
+        return self.run_claimed(item)
+
+    def run_claimed(self, item: WorkItem) -> WorkItem:
+        """Execute an item this runner's owner already leased (a worker's ``SKIP LOCKED`` claim)."""
         log.debug("work.claimed", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action, attempt=item.attempts)
+        crash_point("after_claim")
         try:
             self._execute(item)
         except LeaseLost:
@@ -256,16 +262,18 @@ class Runner:
                 done = self._complete(item, "apply_ok", spec=spec)
             else:
                 done = self._complete(item, "apply_failed", spec=spec, error=error)
-            if done is None and error is None:
-                self._orphaned_apply(item, spec)
+            if done is None and (error is None or isinstance(error, BackendTimeout)):
+                self._orphaned_apply(item, spec)  # fenced out after a (maybe) successful apply
         else:
             self._complete(item, "revoke_ok" if error is None else "revoke_failed", spec=spec, error=error)
 
     def _call(self, action: str, spec: EipSpec) -> BackendError | None:
         started = time.perf_counter()
         bound = log.bind(eip_uuid=spec.eip_uuid, host_uuid=spec.host_uuid, action=action)
+        crash_point(f"before_{action}")
         try:
             (self.backend.apply if action == "apply" else self.backend.revoke)(spec)
+            crash_point(f"after_{action}")
         except BackendError as exc:
             err: BackendError = exc
         except Exception as exc:  # noqa: BLE001 - any backend failure is an unknown outcome, retried
@@ -318,6 +326,7 @@ class Runner:
                         changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
             try:
                 plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
+                crash_point("before_complete")
                 result = self._commit(plan, started)
             except LeaseLost:
                 return None
