@@ -1,0 +1,35 @@
+"""Crash points for the crash tests: die with SIGKILL at a named instruction.
+
+The runner calls :func:`crash_point` at a few named places. When the environment
+variable ``EIPFLOW_CRASH_AT`` names that place (a comma-separated list is
+accepted), the process kills itself with ``SIGKILL`` — no ``finally`` blocks,
+no ``atexit``, no rollback: exactly what a power cut or the OOM killer does.
+Nothing happens when the variable is unset, which is the production case.
+
+Points:
+
+- ``after_claim``: the work item is leased, nothing else happened.
+- ``before_apply`` / ``before_revoke``: the row says the call is due; the backend was not called.
+- ``after_apply`` / ``after_revoke``: the backend call succeeded; its completion is not recorded.
+- ``before_complete``: the completion transition is planned but not committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Final
+
+__all__ = ["CRASH_ENV", "POINTS", "crash_point"]
+
+CRASH_ENV: Final = "EIPFLOW_CRASH_AT"
+POINTS: Final = ("after_claim", "before_apply", "after_apply", "before_revoke", "after_revoke", "before_complete")
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL if ``$EIPFLOW_CRASH_AT`` names ``name``."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    if name in (p.strip() for p in wanted.split(",")):
+        os.kill(os.getpid(), signal.SIGKILL)
