@@ -4,6 +4,7 @@ The public API is re-exported here; everything else is private to its module.
 """
 
 from ._version import __version__
+from .aio import AsyncEipflow
 from .api import DEFAULT_LEASE_SECONDS, Eipflow, connect
 from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, SimulatedDataplane, load_backend
 from .clock import Clock, ManualClock, SystemClock
@@ -34,6 +35,7 @@ from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "AsyncEipflow",
     "AttachFailed",
     "AttachSuperseded",
     "Backend",
