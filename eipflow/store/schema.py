@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -33,6 +34,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = sa.DateTime(timezone=False)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> TypeEngine[Any]:
+        # MySQL/MariaDB DATETIME keeps whole seconds (MySQL even rounds up): leases and due times need µs.
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))  # type: ignore[no-any-return]
+        return dialect.type_descriptor(self.impl)  # type: ignore[no-any-return]
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -58,17 +65,20 @@ class EipRow(SQLModel, table=True):
         sa.Index("ix_eip_host_uuid", "host_uuid"),
         sa.Index("ix_eip_applied_host", "applied_host"),
         sa.Index("ix_eip_state", "state"),
+        # Named, so migrations can refer to them on every database.
+        sa.UniqueConstraint("vip", name="uq_eip_vip"),
+        # A guest IP carries at most one EIP: NULLs (unbound rows) never collide on any of our databases.
+        sa.UniqueConstraint("guest_ip", name="uq_eip_guest_ip"),
     )
 
     uuid: str = Field(primary_key=True, max_length=36)
     name: Optional[str] = Field(default=None, max_length=255)
-    vip: str = Field(max_length=IP, sa_column_kwargs={"unique": True})
+    vip: str = Field(max_length=IP)
     state: str = Field(max_length=20)
     version: int
     desired: str = Field(max_length=16)
     vm_nic_uuid: Optional[str] = Field(default=None, max_length=ID)
-    # A guest IP carries at most one EIP: NULLs (unbound rows) never collide on any of our databases.
-    guest_ip: Optional[str] = Field(default=None, max_length=IP, sa_column_kwargs={"unique": True})
+    guest_ip: Optional[str] = Field(default=None, max_length=IP)  # unique: uq_eip_guest_ip
     vm_uuid: Optional[str] = Field(default=None, max_length=ID)
     host_uuid: Optional[str] = Field(default=None, max_length=ID)
     applied_host: Optional[str] = Field(default=None, max_length=ID)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..clock import Clock, SystemClock
 from ..errors import EipNotFound, GuestIpInUse, VipInUse
 from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
-from .database import translate_errors
+from .database import retry_transient, translate_errors
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
@@ -286,6 +286,7 @@ class Store:
             self._delete_cache[pred_cols] = stmt
         return stmt
 
+    @retry_transient  # a deadlock/serialization failure rolled the whole transition back: run it again
     def commit(self, plan: PlannedTransition) -> Eip | None:
         """Execute one planned transition atomically.
 
@@ -433,6 +434,7 @@ class Store:
                 updated_at=now,
             )
         )
+    @retry_transient
         with translate_errors(self.engine), self.engine.begin() as conn:
             if conn.execute(stmt).rowcount != 1:
                 return None
