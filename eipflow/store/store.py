@@ -413,6 +413,7 @@ class Store:
                 continue  # inserted concurrently: update it on the next round
         raise RuntimeError(f"could not record VM {uuid}")  # pragma: no cover - needs 5 lost races in a row
 
+    @retry_transient
     def claim(self, work_id: int, owner: str, lease_seconds: float) -> WorkItem | None:
         """Lease one item: a compare-and-swap on its status and lease, correct on every database."""
         now = self.clock.now()
@@ -434,7 +435,6 @@ class Store:
                 updated_at=now,
             )
         )
-    @retry_transient
         with translate_errors(self.engine), self.engine.begin() as conn:
             if conn.execute(stmt).rowcount != 1:
                 return None
