@@ -128,6 +128,14 @@ class EipMachine(StateMachine):
         | rolling_back.to.itself()
     )
 
+    # -- repairs: what the reconciler observed on the dataplane ---------------------------
+    # An attached EIP's rule is missing (host reboot, manual flush): re-apply it through the
+    # normal apply path, so the repair has history, a durable work item and retries.
+    drift_detected = attached.to(applying, cond="vm_running") | attached.to(releasing)
+    # A rule the row does not hold (stray) is being revoked by a cleanup work item: the row stays
+    # where it is; the self-transition only puts the repair and its reason in the EIP's history.
+    stray_detected = detached.to.itself() | attached.to.itself() | released.to.itself()
+
     # -- completions: what the runner reports after claiming or finishing backend work ---
     proceed = (
         binding.to(applying, cond=["wants_attached", "vm_running"])
@@ -205,7 +213,8 @@ ACTIONS: Final[dict[str, str]] = {
 IN_FLIGHT: Final = frozenset(ACTIONS)
 STABLE: Final = frozenset({"detached", "attached", "released"})
 
-INTENT_EVENTS: Final = ("attach", "detach", "delete", "vm_stopped", "vm_started", "vm_migrated")
+INTENT_EVENTS: Final = ("attach", "detach", "delete", "vm_stopped", "vm_started", "vm_migrated", "drift_detected",
+                          "stray_detected")
 COMPLETION_EVENTS: Final = ("proceed", "apply_ok", "apply_failed", "revoke_ok", "revoke_failed")
 
 

@@ -1,9 +1,101 @@
-"""CLI commands: work (filled in by its issue)."""
+"""``eipflow worker``, ``eipflow work list|retry`` and ``eipflow reconcile``."""
 
 from __future__ import annotations
 
 import click
 
+from ..reconcile import Reconciler, ReconcileReport
+from ..values import WorkItem
+from ..worker import Worker
+from ._context import State, emit, pass_state
+from .eips import _table
+
+STATUSES = ("pending", "running", "done", "parked", "cancelled")
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="drain all work due now (including what it makes due), then exit")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="lease per claimed item [default: $EIPFLOW_LEASE_SECONDS or 60]")
+@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="seconds between polls when idle")
+@pass_state
+def worker(state: State, once: bool, lease_seconds: float | None, poll_interval: float) -> None:
+    """Run backend work: until SIGTERM/SIGINT (finishing the current item), or once with --once."""
+    w = Worker(state.flow, lease_seconds=lease_seconds, poll_interval=poll_interval)
+    ran = w.run_once() if once else w.run_forever()
+    remaining = state.flow.work_items(statuses=["pending", "running"])
+    emit(state, {"ran": ran, "owner": w.owner, "remaining": len(remaining)},
+         f"ran {ran} item(s); {len(remaining)} pending or running")
+
+
+@click.group("work")
+def work_group() -> None:
+    """Inspect and retry durable backend work items."""
+
+
+def _work_text(items: list[WorkItem]) -> str:
+    if not items:
+        return "no work items"
+    rows: list[tuple[str, ...]] = [("ID", "EIP", "ACTION", "HOST", "STATUS", "ATTEMPTS", "DUE", "OWNER", "LAST ERROR")]
+    for w in items:
+        action = f"{w.action}*" if w.cleanup else w.action
+        rows.append((
+            str(w.id), w.eip_uuid, action, w.spec.host_uuid if w.spec else "-", w.status, str(w.attempts),
+            w.due_at.strftime("%Y-%m-%d %H:%M:%S"), w.lease_owner or "-", w.last_error or "-",
+        ))
+    return _table(rows) + ("\n(* cleanup revoke of an orphaned or stray rule)" if any(w.cleanup for w in items) else "")
+
+
+@work_group.command("list")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="only items with this status (repeatable) [default: all]")
+@click.option("--eip", default=None, help="only items of this EIP")
+@pass_state
+def work_list(state: State, statuses: tuple[str, ...], eip: str | None) -> None:
+    """List work items with their attempts and last error."""
+    items = state.flow.work_items(statuses=list(statuses) or None, eip_uuid=eip)
+    emit(state, [w.to_dict() for w in items], _work_text(items))
+
+
+@work_group.command("retry")
+@click.argument("work_id", type=int)
+@pass_state
+def work_retry(state: State, work_id: int) -> None:
+    """Make a parked item due now with a fresh attempt budget (a worker or reconcile runs it)."""
+    item = state.flow.retry_work(work_id)
+    emit(state, item.to_dict(), f"work item {item.id} is {item.status}, due now")
+
+
+def _report_text(report: ReconcileReport) -> str:
+    lines = []
+    if not report.drift_checked:
+        lines.append("note: the backend cannot list its rules; only in-flight work was checked")
+    if report.clean:
+        lines.append("nothing to repair")
+        return "\n".join(lines)
+    outcomes = {id(r): o for r, o in report.outcomes}
+    rows: list[tuple[str, ...]] = [("REPAIR", "EIP", "HOST", "WORK", "REASON", "OUTCOME" if not report.dry_run else "")]
+    for r in report.planned:
+        rows.append((r.kind, r.eip_uuid, r.host_uuid or "-", str(r.work_id or "-"), r.reason,
+                     outcomes.get(id(r), "") if not report.dry_run else ""))
+    lines.append(_table(rows))
+    if report.dry_run:
+        lines.append(f"dry run: {len(report.planned)} repair(s) planned, none executed")
+    return "\n".join(lines)
+
+
+@click.command("reconcile")
+@click.option("--host", default=None, help="only this host's rules and EIPs")
+@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
+@pass_state
+def reconcile(state: State, host: str | None, dry_run: bool) -> None:
+    """Re-drive stuck in-flight work and repair dataplane drift both ways."""
+    report = Reconciler(state.flow).run(host, dry_run=dry_run)
+    emit(state, report.to_dict(), _report_text(report))
+
 
 def register(root: click.Group) -> None:
     """Add this module's commands to the root group."""
+    for command in (worker, work_group, reconcile):
+        root.add_command(command)

@@ -389,6 +389,27 @@ class Store:
         assert key is not None
         return int(key[0])
 
+    def relink_work(self, eip: Eip, work: NewWork) -> int | None:
+        """Give an in-flight row whose work item is gone a fresh one (the reconciler).
+
+        Fenced by the row's version and old ``work_id``; the state is unchanged, so no history row.
+        Returns the new item's id, or ``None`` when the row moved meanwhile.
+        """
+        now = self.clock.now()
+        try:
+            with translate_errors(self.engine), self.engine.begin() as conn:
+                work_id = self._insert_work_item(conn, eip.uuid, work, now)
+                moved = conn.execute(
+                    EIP.update()
+                    .where(EIP.c.uuid == eip.uuid, EIP.c.version == eip.version, EIP.c.work_id == eip.work_id)
+                    .values(work_id=work_id)
+                )
+                if moved.rowcount != 1:
+                    raise _CasLost
+        except _CasLost:
+            return None
+        return work_id
+
     def add_work(self, eip_uuid: str, work: NewWork) -> int:
         """Insert a stand-alone work item (a cleanup revoke that drives no state)."""
         with translate_errors(self.engine), self.engine.begin() as conn:
