@@ -1,0 +1,163 @@
+"""NftablesBackend against a real ``nft`` in a throwaway namespace: the kernel's ruleset is the oracle."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from eipflow import BackendError
+from eipflow.agent.lab import Lab
+from eipflow.backends.nftables import NftablesBackend, parse_rules
+from eipflow.values import EipSpec
+
+pytestmark = pytest.mark.netns
+
+HOST = "host-1"
+
+
+@pytest.fixture
+def host(lab: Lab) -> str:
+    ns = lab.netns("h")
+    lab.veth(ns, "pub0", ns, "pub0p")  # no dummy module everywhere; a veth pair serves
+    return ns
+
+
+@pytest.fixture
+def nft(host: str) -> NftablesBackend:
+    return NftablesBackend(HOST, public_interface="pub0", namespace=host)
+
+
+def spec(eip: str | None = None, *, guest: str = "192.0.2.10", vip: str = "203.0.113.100",
+         nic: str = "nic-1") -> EipSpec:
+    return EipSpec(eip or str(uuid.uuid4()), vip, nic, guest, HOST)
+
+
+def kernel_rules(lab: Lab, ns: str) -> list[str]:
+    """The eipflow table's rule lines as nft prints them (empty when the table is absent)."""
+    out = lab.run(ns, "nft", "list", "table", "inet", "eipflow", check=False).stdout
+    return [line.strip() for line in out.splitlines() if " comment " in line]
+
+
+def addresses(lab: Lab, ns: str) -> set[str]:
+    data = json.loads(lab.run(ns, "ip", "-j", "addr", "show", "dev", "pub0").stdout)
+    return {a["local"] for link in data for a in link["addr_info"]}
+
+
+def test_apply_writes_dnat_snat_and_the_vip_address(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """One apply puts the DNAT and SNAT rules in the kernel and the VIP on the public interface."""
+    s = spec()
+    nft.apply(s)
+    rules = kernel_rules(lab, host)
+    assert any("ip daddr 203.0.113.100" in r and "dnat ip to 192.0.2.10" in r and s.eip_uuid in r for r in rules)
+    assert any('oifname "pub0" ip saddr 192.0.2.10' in r and "snat ip to 203.0.113.100" in r for r in rules)
+    assert len(rules) == 2
+    assert "203.0.113.100" in addresses(lab, host)
+    assert nft.rules() == [s]
+    assert nft.rules("other-host") == []
+
+
+def test_apply_is_idempotent_and_replaces_the_eips_old_rules(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """Applying twice leaves one pair; applying a new binding of the same EIP replaces the old pair."""
+    s = spec()
+    nft.apply(s)
+    nft.apply(s)
+    assert len(kernel_rules(lab, host)) == 2
+    moved = spec(s.eip_uuid, guest="192.0.2.11", nic="nic-2")
+    nft.apply(moved)
+    rules = kernel_rules(lab, host)
+    assert len(rules) == 2 and all("192.0.2.10" not in r for r in rules)
+    assert nft.rules() == [moved]
+
+
+def test_revoke_removes_only_the_callers_own_rules(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """A late revoke of an older binding (other guest IP or NIC) leaves the newer rules and the VIP in place."""
+    old = spec()
+    new = spec(old.eip_uuid, guest="192.0.2.11", nic="nic-2")
+    nft.apply(new)
+    nft.revoke(old)
+    nft.revoke(spec(old.eip_uuid, guest="192.0.2.11", nic="nic-other"))
+    assert nft.rules() == [new]
+    assert "203.0.113.100" in addresses(lab, host)
+    nft.revoke(new)
+    assert kernel_rules(lab, host) == []
+    assert "203.0.113.100" not in addresses(lab, host)
+    nft.revoke(new)  # absent: not an error
+    assert nft.rules() == []
+
+
+def test_rules_lists_several_eips_and_long_nic_ids(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """NIC ids up to the 128-character limit survive the round trip through two rule comments."""
+    long_nic = "n" * 60 + "-" + "x" * 67  # 128 characters: longer than one comment can hold
+    a = spec(nic=long_nic)
+    b = spec(guest="192.0.2.20", vip="203.0.113.101", nic="eni-0abc")
+    nft.apply(a)
+    nft.apply(b)
+    assert sorted(nft.rules(), key=lambda x: x.eip_uuid) == sorted([a, b], key=lambda x: x.eip_uuid)
+    nft.revoke(a)
+    assert nft.rules() == [b]
+
+
+def test_ipv6_spec(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """IPv6 VIPs get ip6 DNAT/SNAT and a /128 address."""
+    s = spec(vip="2001:db8::100", guest="2001:db8:1::10")
+    nft.apply(s)
+    assert any("dnat ip6 to 2001:db8:1::10" in r for r in kernel_rules(lab, host))
+    assert "2001:db8::100" in addresses(lab, host)
+    assert nft.rules() == [s]
+    nft.revoke(s)
+    assert kernel_rules(lab, host) == []
+
+
+def test_foreign_rules_in_the_table_are_left_alone(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """A rule without eipflow's comment is not listed and never deleted."""
+    nft.apply(spec())
+    lab.run(host, "nft", "add", "rule", "inet", "eipflow", "prerouting", "ip", "daddr", "198.51.100.7", "accept")
+    assert len(nft.rules()) == 1
+    nft.revoke(nft.rules()[0])
+    out = lab.run(host, "nft", "list", "table", "inet", "eipflow").stdout
+    assert "198.51.100.7" in out
+
+
+def test_announce_none_needs_no_interface(lab: Lab, host: str) -> None:
+    """With announce = none the VIP is not added as an address and SNAT matches any interface."""
+    nft = NftablesBackend(HOST, announce="none", namespace=host)
+    s = spec()
+    nft.apply(s)
+    assert "203.0.113.100" not in addresses(lab, host)
+    assert any(r.startswith("ip saddr 192.0.2.10") for r in kernel_rules(lab, host))
+    nft.revoke(s)
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (spec(guest="2001:db8::1"), "different IP versions"),
+        (EipSpec("not-a-uuid", "203.0.113.1", "nic", "192.0.2.1", HOST), "invalid spec"),
+        (EipSpec(str(uuid.uuid4()), "203.0.113.1", "nic", "192.0.2.1", "host-2"), "not host-2"),
+        (EipSpec(str(uuid.uuid4()), "203.0.113.1", "nic\n", "192.0.2.1; flush ruleset", HOST), "invalid spec"),
+    ],
+)
+def test_invalid_specs_are_refused_before_nft_runs(lab: Lab, host: str, nft: NftablesBackend, bad: EipSpec,
+                                                   why: str) -> None:
+    """Bad input never reaches nft: a non-retryable BackendError, and the ruleset stays empty."""
+    with pytest.raises(BackendError, match=why) as info:
+        nft.apply(bad)
+    assert info.value.retryable is False
+    assert lab.run(host, "nft", "list", "ruleset").stdout.strip() == ""
+
+
+def test_parse_ignores_unrelated_json() -> None:
+    """parse_rules reads only rules carrying eipflow's comment."""
+    items = [
+        {"metainfo": {}},
+        {"rule": {"chain": "prerouting", "handle": 4, "comment": "someone else", "expr": []}},
+        {"rule": {"chain": "prerouting", "handle": 5, "comment": "eipflow abc dnat nic", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "203.0.113.5"}},
+            {"dnat": {"family": "ip", "addr": "192.0.2.5"}},
+        ]}},
+    ]
+    [rule] = parse_rules(items)
+    assert (rule.eip_uuid, rule.vip, rule.guest_ip, rule.nic_part, rule.handle) == (
+        "abc", "203.0.113.5", "192.0.2.5", "nic", 5)
