@@ -12,8 +12,7 @@ from alembic.migration import MigrationContext
 
 from eipflow.cli import main
 from eipflow.errors import DatabaseError
-from eipflow.store import create_db_engine, ensure_schema
-from eipflow.store import migrations
+from eipflow.store import create_db_engine, ensure_schema, migrations
 from eipflow.store.database import schema_revision, upgrade_schema
 from eipflow.store.schema import metadata
 
