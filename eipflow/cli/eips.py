@@ -77,11 +77,17 @@ def list_(state: State, state_filter: str | None, vm: str | None) -> None:
 
 @eip_group.command("history")
 @click.argument("uuid")
+@click.option("--diagram", "diagram_file", type=click.Path(dir_okay=False), default=None,
+              help="also draw the path taken on the machine, by extension: FILE.mmd, .dot, .svg or .png")
 @pass_state
-def history(state: State, uuid: str) -> None:
+def history(state: State, uuid: str, diagram_file: str | None) -> None:
     """Print the EIP's timeline (kept after deletion)."""
     records = state.flow.history(uuid)
     emit(state, [r.to_dict() for r in records], history_text(records))
+    if diagram_file is not None:
+        from .diagram import draw_history
+
+        draw_history(records, diagram_file, uuid)
 
 
 @eip_group.command("delete")
