@@ -522,18 +522,20 @@ class Operations:
         """Claim ``op_id`` for ``request``; returns the existing row's mapping when it was used before."""
         now = self.store.clock.now()
         engine = self.store.engine
-        try:
-            with translate_errors(engine), engine.begin() as conn:
-                conn.execute(
-                    OPERATION.insert().values(
-                        op_id=op_id, request=request, status="running", result=None, created_at=now, updated_at=now
+        while True:  # the other claim may be forgotten between our insert and our read: insert again
+            try:
+                with translate_errors(engine), engine.begin() as conn:
+                    conn.execute(
+                        OPERATION.insert().values(
+                            op_id=op_id, request=request, status="running", result=None, created_at=now, updated_at=now
+                        )
                     )
-                )
-            return None
-        except sa.exc.IntegrityError:
-            with translate_errors(engine), self.store._read() as conn:
-                row = conn.execute(sa.select(OPERATION).where(OPERATION.c.op_id == op_id)).first()
-            return row._mapping if row is not None else None
+                return None
+            except sa.exc.IntegrityError:
+                with translate_errors(engine), self.store._read() as conn:
+                    row = conn.execute(sa.select(OPERATION).where(OPERATION.c.op_id == op_id)).first()
+                if row is not None:
+                    return row._mapping
 
     def get(self, op_id: str) -> Any | None:
         with translate_errors(self.store.engine), self.store._read() as conn:
