@@ -1,0 +1,194 @@
+"""The host agent as an ASGI app (Starlette): apply / revoke / list for one host's dataplane.
+
+    GET  /healthz      liveness; no token, says only "ok"
+    GET  /v1/rules     what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
+    POST /v1/apply     body: spec (see below)              -> {"ok": true, …}
+    POST /v1/revoke    body: spec                          -> {"ok": true, …}
+
+A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid"}``.
+Every ``/v1`` call needs ``Authorization: Bearer <token>`` (compared in constant time) and is
+checked before its body is read. Answers: 401 bad/missing token, 413 body too large, 422 invalid
+body, 421 spec for another host, 502 backend failed (``retryable`` in the body), 504 the backend's
+outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import validation as v
+from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..values import EipSpec
+
+__all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
+_FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid")
+
+
+class AgentBackend(Protocol):
+    """What the agent serves: a backend that can also list its rules."""
+
+    def apply(self, spec: EipSpec) -> None: ...
+
+    def revoke(self, spec: EipSpec) -> None: ...
+
+    def rules(self, host_uuid: str | None = None) -> list[EipSpec]: ...
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        self.status = status
+        self.message = message
+        self.extra = extra
+        super().__init__(message)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="eipflow-agent"'} if status == 401 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _hold(fifo: str) -> None:
+    """Test hook: block until someone opens ``fifo`` for writing and closes it (a gate, no polling)."""
+    with open(fifo, "rb") as gate:
+        gate.read()
+
+
+def create_app(
+    backend: AgentBackend,
+    *,
+    host_uuid: str,
+    token: str,
+    hold_fifo: str | Path | None = None,
+) -> Starlette:
+    """Build the agent for ``host_uuid`` serving ``backend``.
+
+    Args:
+        backend: the host's dataplane (normally :class:`~eipflow.backends.nftables.NftablesBackend`).
+        host_uuid: specs naming another host are refused (421), so a misrouted call changes nothing.
+        token: the bearer token every ``/v1`` call must present.
+        hold_fifo: test hook: after each apply has committed, wait for a writer on this FIFO before
+            answering (lets end-to-end tests stop or kill the agent "mid-apply" without sleeping).
+    """
+    expected = token.encode()
+    hold = str(hold_fifo) if hold_fifo is not None else None
+
+    def authorized(request: Request) -> bool:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        # compare_digest on bytes: time does not depend on where the first wrong byte is
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
+
+    async def read_spec(request: Request) -> EipSpec:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _Refused(422, "body is not JSON") from None
+        if not isinstance(data, dict):
+            raise _Refused(422, "body must be a JSON object")
+        missing = [f for f in _FIELDS if f not in data]
+        extra = sorted(set(data) - set(_FIELDS))
+        if missing or extra:
+            raise _Refused(422, "body must have exactly the spec fields", missing=missing, unexpected=extra)
+        try:
+            spec = EipSpec(
+                v.eip_uuid(data["eip_uuid"], "eip_uuid"),
+                v.ip_address("vip", data["vip"]),
+                v.opaque_id("vm_nic_uuid", data["vm_nic_uuid"]),
+                v.ip_address("guest_ip", data["guest_ip"]),
+                v.opaque_id("host_uuid", data["host_uuid"]),
+            )
+        except InvalidInput as exc:
+            raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
+        if spec.host_uuid != host_uuid:
+            raise _Refused(421, f"this agent serves host {host_uuid}, not {spec.host_uuid}")
+        return spec
+
+    def endpoint(
+        action: str, fn: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            started = time.perf_counter()
+            bound = log.bind(action=action, host_uuid=host_uuid, client=_peer(request))
+            if not authorized(request):
+                bound.warning("agent.unauthorized", status=401)
+                return _error(401, "missing or invalid bearer token")
+            try:
+                response = await fn(request)
+            except _Refused as exc:
+                bound.warning("agent.refused", status=exc.status, reason=exc.message)
+                return _error(exc.status, exc.message, **exc.extra)
+            except BackendTimeout as exc:
+                bound.error("agent.backend_timeout", error=str(exc))
+                return _error(504, str(exc), retryable=True, outcome_unknown=True)
+            except BackendError as exc:
+                bound.error("agent.backend_failed", error=str(exc), retryable=exc.retryable)
+                return _error(502, str(exc), retryable=exc.retryable)
+            bound.info("agent.request", status=response.status_code,
+                       duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return response
+
+        return handle
+
+    async def apply(request: Request) -> Response:
+        spec = await read_spec(request)
+        await run_in_threadpool(backend.apply, spec)
+        if hold is not None:
+            await run_in_threadpool(_hold, hold)
+        return JSONResponse({"ok": True, "action": "apply", "eip_uuid": spec.eip_uuid})
+
+    async def revoke(request: Request) -> Response:
+        spec = await read_spec(request)
+        await run_in_threadpool(backend.revoke, spec)
+        return JSONResponse({"ok": True, "action": "revoke", "eip_uuid": spec.eip_uuid})
+
+    async def rules(request: Request) -> Response:
+        specs = await run_in_threadpool(backend.rules, host_uuid)
+        return JSONResponse({"host_uuid": host_uuid, "rules": [asdict(s) for s in specs]})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        log.info("agent.started", host_uuid=host_uuid, hold=hold is not None)
+        yield
+        log.info("agent.stopped", host_uuid=host_uuid)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
+            Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
+            Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _peer(request: Request) -> str | None:
+    return f"{request.client.host}:{request.client.port}" if request.client else "unix"

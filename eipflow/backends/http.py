@@ -1,0 +1,160 @@
+"""The control plane's side of the host agents: a :class:`Backend` that calls ``eipflow agent`` over HTTP.
+
+``host_uuid`` picks the agent from the hosts file (see :mod:`eipflow.agent.config`). Outcomes:
+
+=============================================  =============================================
+the agent answers 200                           done
+no answer in time, connection dropped mid-call  :class:`~eipflow.BackendTimeout` (maybe applied)
+connection refused (nothing was sent)           :class:`~eipflow.BackendError`, retryable
+401 / 413 / 421 / 422                           :class:`~eipflow.BackendError`, not retryable
+502 (the agent's backend failed)                :class:`~eipflow.BackendError`, as the agent says
+504 (the agent's nft timed out)                 :class:`~eipflow.BackendTimeout`
+=============================================  =============================================
+
+``--backend eipflow.backends.http:factory`` reads the hosts file named by ``$EIPFLOW_HOSTS_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from ..agent.config import HostConfig, load_hosts
+from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..values import EipSpec
+
+__all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
+
+log = structlog.get_logger(__name__)
+
+HOSTS_FILE_ENV = "EIPFLOW_HOSTS_FILE"
+
+
+class HttpAgentBackend:
+    """Apply/revoke/list through each host's agent.
+
+    Args:
+        hosts: ``{host_uuid: HostConfig}`` (from :func:`eipflow.agent.load_hosts`).
+        clients: pre-built clients by host (tests pass in-process transports); others are made on
+            first use, one pooled :class:`httpx.Client` per host.
+    """
+
+    def __init__(self, hosts: Mapping[str, HostConfig], *, clients: Mapping[str, httpx.Client] | None = None) -> None:
+        self.hosts = dict(hosts)
+        self._clients: dict[str, httpx.Client] = dict(clients or {})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HttpAgentBackend:
+        """Read the hosts file at ``path``."""
+        return cls(load_hosts(path))
+
+    def close(self) -> None:
+        """Close every connection pool."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> HttpAgentBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the Backend protocol ------------------------------------------------------------------
+    def apply(self, spec: EipSpec) -> None:
+        """Ask ``spec.host_uuid``'s agent to realize ``spec``."""
+        self._call("apply", spec)
+
+    def revoke(self, spec: EipSpec) -> None:
+        """Ask ``spec.host_uuid``'s agent to remove its rule for ``spec`` (absent is fine)."""
+        self._call("revoke", spec)
+
+    def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
+        """What the agents report as realized (every configured host, or one)."""
+        hosts = [host_uuid] if host_uuid is not None else sorted(self.hosts)
+        out: list[EipSpec] = []
+        for host in hosts:
+            response = self._request(host, "GET", "/v1/rules", None, "rules")
+            for item in response.json().get("rules", []):
+                out.append(EipSpec(**{f.name: str(item[f.name]) for f in fields(EipSpec)}))
+        return out
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _client(self, host: str) -> tuple[HostConfig, httpx.Client]:
+        config = self.hosts.get(host)
+        if config is None:
+            raise BackendError(f"host {host} has no agent in the hosts file", retryable=False)
+        with self._lock:
+            client = self._clients.get(host)
+            if client is None:
+                transport = httpx.HTTPTransport(uds=config.uds) if config.uds else None
+                client = httpx.Client(
+                    base_url=config.base_url,
+                    transport=transport,
+                    timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+                    headers={"Authorization": f"Bearer {config.token}"},
+                    follow_redirects=False,
+                )
+                self._clients[host] = client
+        return config, client
+
+    def _call(self, action: str, spec: EipSpec) -> None:
+        self._request(spec.host_uuid, "POST", f"/v1/{action}", asdict(spec), action)
+
+    def _request(self, host: str, method: str, path: str, body: dict[str, Any] | None, action: str) -> httpx.Response:
+        config, client = self._client(host)
+        where = f"agent of host {host}"
+        try:
+            response = client.request(method, path, json=body)
+        except httpx.ConnectTimeout as exc:
+            raise BackendTimeout(f"{action}: {where} did not accept a connection in time") from exc
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"{action}: {where} did not answer within {config.timeout}s") from exc
+        except httpx.ConnectError as exc:
+            # Nothing was sent: the outcome is known (not done), and a later retry may reach it.
+            raise BackendError(f"{action}: cannot reach {where}: {exc}") from exc
+        except httpx.TransportError as exc:
+            # The connection broke after the request went out (e.g. the agent was killed mid-call).
+            raise BackendTimeout(f"{action}: {where} dropped the connection: {exc}") from exc
+        if response.status_code == 200:
+            return response
+        message = _message(response)
+        log.warning("agent.call_failed", host_uuid=host, action=action, status=response.status_code, error=message)
+        if response.status_code == 504:
+            raise BackendTimeout(f"{action} on host {host}: {message}")
+        if response.status_code in (502, 503):
+            retryable = True
+            try:
+                retryable = bool(response.json().get("retryable", True))
+            except ValueError:
+                pass
+            raise BackendError(f"{action} on host {host}: {message}", retryable=retryable)
+        if response.status_code == 401:
+            raise BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
+        raise BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
+                           retryable=response.status_code >= 500)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(data.get("error", data)) if isinstance(data, dict) else str(data)[:200]
+
+
+def factory() -> HttpAgentBackend:
+    """``--backend eipflow.backends.http:factory``: agents from the hosts file in ``$EIPFLOW_HOSTS_FILE``."""
+    path = os.environ.get(HOSTS_FILE_ENV)
+    if not path:
+        raise InvalidInput(f"the http backend needs {HOSTS_FILE_ENV}=/path/to/hosts.toml")
+    return HttpAgentBackend.from_file(path)
