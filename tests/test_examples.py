@@ -46,3 +46,20 @@ def test_async_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert outcomes.get("attach_failed", 0) >= 1  # every fifth apply is made to fail
     assert sum(summary["states"].values()) == 25
     assert summary["rules"] == summary["states"].get("attached", 0)
+
+
+def test_taskflow_boot_vm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DNS fails: TaskFlow reverts the flow and eipflow detaches, then deletes, the EIP; no rule is left."""
+    example = load("taskflow_boot_vm")
+    assert example.main(["--db", f"sqlite:///{tmp_path / 'tf.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert "attach-eip: REVERTED" in out and "flow REVERTED" in out
+    assert "attached --detach--> detaching   [op req-7/attach-eip/revert.1]" in out
+    assert "EIP now: deleted; dataplane: no rules" in out
+
+
+def test_taskflow_boot_vm_happy_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With DNS working nothing is reverted: the EIP stays attached with one rule."""
+    example = load("taskflow_boot_vm")
+    assert example.main(["--db", f"sqlite:///{tmp_path / 'tf.db'}", "--dns-ok"]) == 0
+    assert "EIP now: attached; dataplane: ['compute-1: 203.0.113.10 -> 10.0.0.5']" in capsys.readouterr().out
