@@ -107,11 +107,12 @@ def _merge(
     spec: MachineSpec, transitions: Iterable[tuple[TransitionSpec, str, tuple[int, ...], str | None]]
 ) -> tuple[Edge, ...]:
     """Group (transition, status, steps, category override) into arrows, first appearance first."""
-    groups: dict[tuple[str, str, str, str], list[EdgeItem]] = {}
+    groups: dict[tuple[str, str, str, str, bool], list[EdgeItem]] = {}
     for t, status, steps, category in transitions:
-        key = (t.source, t.target, category or spec.category(t), status)
+        # transitions a history took get their own arrow, so the highlight never covers an untaken event
+        key = (t.source, t.target, category or spec.category(t), status, bool(steps))
         groups.setdefault(key, []).append(EdgeItem(t, steps))
-    return tuple(Edge(src, dst, cat, tuple(items), status) for (src, dst, cat, status), items in groups.items())
+    return tuple(Edge(src, dst, cat, tuple(items), status) for (src, dst, cat, status, _), items in groups.items())
 
 
 def machine_graph(spec: MachineSpec) -> Graph:
