@@ -1,0 +1,257 @@
+"""Shared benchmark plumbing: fresh databases, bulk loading, a barrier-started thread harness.
+
+Every figure is a ratio against a baseline measured in the same run (the machine is shared and noisy):
+rounds interleave the variants, and the median of the rounds is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+PG_ENV = "EIPFLOW_TEST_POSTGRES_URL"
+MARIADB_ENV = "EIPFLOW_TEST_MARIADB_URL"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One database to measure: a label, its SQLAlchemy URL and, for SQLite, the synchronous level."""
+
+    label: str
+    kind: str  # sqlite | postgres | mariadb
+    url: str
+    synchronous: str | None = None
+    path: str | None = None  # the SQLite file
+
+
+def targets(kinds: list[str], workdir: str) -> list[Target]:
+    """SQLite FULL and NORMAL always; PostgreSQL and MariaDB when their URLs are set."""
+    out: list[Target] = []
+    if "sqlite" in kinds:
+        for sync in ("FULL", "NORMAL"):
+            path = os.path.join(workdir, f"bench-{sync.lower()}-{uuidlib.uuid4().hex[:6]}.db")
+            out.append(Target(f"SQLite WAL {sync}", "sqlite", f"sqlite:///{path}", sync, path))
+    if "postgres" in kinds and os.environ.get(PG_ENV):
+        out.append(Target("PostgreSQL", "postgres", os.environ[PG_ENV]))
+    if "mariadb" in kinds and os.environ.get(MARIADB_ENV):
+        out.append(Target("MariaDB", "mariadb", os.environ[MARIADB_ENV]))
+    return out
+
+
+@contextlib.contextmanager
+def fresh(target: Target) -> Iterator[Target]:
+    """A fresh, empty database for ``target`` (a schema on PostgreSQL, a database on MariaDB)."""
+    if target.kind == "sqlite":
+        yield target
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{target.path}{suffix}")
+        return
+    name = f"bench_{uuidlib.uuid4().hex[:10]}"
+    admin = sa.create_engine(target.url, isolation_level="AUTOCOMMIT")
+    if target.kind == "postgres":
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+        url = sa.engine.make_url(target.url).update_query_dict({"options": f"-csearch_path={name}"})
+        drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
+    else:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+        url = sa.engine.make_url(target.url).set(database=name)
+        drop = f"DROP DATABASE IF EXISTS `{name}`"
+    try:
+        yield Target(target.label, target.kind, url.render_as_string(hide_password=False), target.synchronous)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(drop)
+        admin.dispose()
+
+
+def set_sqlite_synchronous(level: str | None) -> None:
+    """eipflow reads its SQLite durability when a connection opens: switch it for the next engine."""
+    if level is not None:
+        from eipflow.store import database
+
+        database.SQLITE_SYNCHRONOUS = level
+
+
+def open_flow(target: Target, backend: Any = None, **kwargs: Any) -> Any:
+    """An :class:`eipflow.Eipflow` on ``target`` with its schema created."""
+    from eipflow import Eipflow
+
+    set_sqlite_synchronous(target.synchronous)
+    return Eipflow.open(target.url, backend if backend is not None else NoopBackend(), owner="bench", **kwargs)
+
+
+class NoopBackend:
+    """A backend that does nothing (what the engine costs, without a dataplane)."""
+
+    def apply(self, spec: Any) -> None:
+        return None
+
+    def revoke(self, spec: Any) -> None:
+        return None
+
+
+def uuids(n: int, prefix: int = 0) -> list[str]:
+    """Deterministic EIP uuids (valid UUIDs, so the public API accepts them)."""
+    return [str(uuidlib.UUID(int=(prefix << 64) | i)) for i in range(n)]
+
+
+def vip(i: int) -> str:
+    return f"{100 + (i >> 24) % 100}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def bulk_load(engine: sa.Engine, n: int, *, state: str, start: int = 0, history_per_eip: int = 1,
+              bound: bool = False, vm: str | None = None, host: str | None = None, chunk: int = 20_000,
+              desired: str | None = None) -> None:
+    """Insert ``n`` EIP rows in ``state`` (and ``history_per_eip`` history rows each) with executemany."""
+    from eipflow.store.schema import EipRow, TransitionRow
+
+    eip_t = EipRow.__table__
+    hist_t = TransitionRow.__table__
+    ids = uuids(start + n)[start:]
+    for lo in range(0, n, chunk):
+        rows, hist = [], []
+        for j, u in enumerate(ids[lo:lo + chunk], start=start + lo):
+            rows.append({
+                "uuid": u, "name": None, "vip": vip(j), "state": state, "version": history_per_eip,
+                "desired": desired or ("attached" if bound else "detached"),
+                "vm_nic_uuid": f"nic-{j}" if bound else None,
+                "guest_ip": f"10.{(j >> 16) & 255}.{(j >> 8) & 255}.{j & 255}" if bound else None,
+                "vm_uuid": (vm or f"vm-{j}") if bound else None, "host_uuid": host if bound else None,
+                "applied_host": host if bound and state in ("attached", "applying") else None,
+                "attach_confirmed": state == "attached", "work_id": None, "last_error": None,
+                "created_at": NOW, "updated_at": NOW,
+            })
+            for v in range(1, history_per_eip + 1):
+                hist.append({"eip_uuid": u, "event": "create" if v == 1 else "vm_migrated",
+                             "from_state": "" if v == 1 else state, "to_state": "detached" if v == 1 else state,
+                             "version": v, "actor": "bench", "op_id": None, "at": NOW, "details": None})
+        with engine.begin() as conn:
+            conn.execute(eip_t.insert(), rows)
+            conn.execute(hist_t.insert(), hist)
+
+
+@dataclass
+class Measured:
+    ops: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def run_threads(workers: int, seconds: float, make: Callable[[int], Callable[[], None]],
+                *, latencies: bool = False) -> Measured:
+    """Run ``workers`` threads, each calling its ``make(n)()`` in a loop for ``seconds``; count calls.
+
+    ``make`` runs in the thread before the barrier (connections are opened outside the timed window).
+    """
+    barrier = threading.Barrier(workers + 1)
+    stop = threading.Event()
+    counts = [0] * workers
+    lats: list[list[float]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def body(n: int) -> None:
+        try:
+            step = make(n)
+        except BaseException as exc:  # noqa: BLE001 - reported after the run
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        done = 0
+        mine = lats[n]
+        try:
+            while not stop.is_set():
+                if latencies:
+                    t0 = time.perf_counter()
+                    step()
+                    mine.append(time.perf_counter() - t0)
+                else:
+                    step()
+                done += 1
+        except BaseException as exc:  # noqa: BLE001 - reported after the run
+            errors.append(exc)
+        counts[n] = done
+
+    threads = [threading.Thread(target=body, args=(n,), name=f"bench-{n}") for n in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    started = time.perf_counter()
+    time.sleep(seconds)  # the measurement window itself
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"benchmark thread failed: {errors[0]!r}") from errors[0]
+    return Measured(sum(counts), elapsed, [x for m in lats for x in m])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def machine() -> str:
+    """Cores, Python, SQLite and the library versions, for RESULTS.md."""
+    import sqlite3
+
+    import sqlalchemy
+
+    return (f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}")
+
+
+def server_versions() -> list[str]:
+    out = []
+    for env, q, label in ((PG_ENV, "SHOW server_version", "PostgreSQL"), (MARIADB_ENV, "SELECT VERSION()", "MariaDB")):
+        if os.environ.get(env):
+            eng = sa.create_engine(os.environ[env])
+            try:
+                with eng.connect() as conn:
+                    out.append(f"{label} {conn.exec_driver_sql(q).scalar()}")
+            finally:
+                eng.dispose()
+    return out
+
+
+def workdir() -> str:
+    """Where SQLite files go: a real disk (``/tmp`` here; tmpfs would hide the fsync cost)."""
+    return tempfile.mkdtemp(prefix="eipflow-bench-")
+
+
+def partition(items: list[str], workers: int, n: int) -> list[str]:
+    """Thread ``n``'s share: disjoint rows, so version tracking never races."""
+    return items[n::workers]

@@ -1,0 +1,230 @@
+"""(1) One eipflow transition vs the raw driver doing the same version-checked write.
+
+The transition is ``detach`` on an EIP held in ``applying``: a self-transition that records the intent
+(``desired = detached``) with a compare-and-swap ``UPDATE eip … WHERE uuid = ? AND version = ?`` plus one
+history ``INSERT`` in one transaction, and no work item — the physical floor of the design.
+
+Variants, measured in the same run, rounds interleaved, median of the rounds:
+
+- ``raw``: the driver (sqlite3 / psycopg / PyMySQL) with versions tracked in memory: UPDATE + INSERT + COMMIT.
+- ``raw+read``: the same plus a ``SELECT`` of the row first (what a caller without a cache must do).
+- ``eipflow write``: ``Runner._plan`` + ``Runner._commit`` (legality, plan, ``Store.commit``, log call) on a row
+  snapshot the thread already holds — the write path alone.
+- ``eipflow fire``: ``Runner.fire`` — the public intent path: read the row, plan, commit, log.
+
+Run: ``python benchmarks/bench_transition.py [--db sqlite,postgres,mariadb] [--seconds 2] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import (
+    NOW,
+    Target,
+    bulk_load,
+    fresh,
+    machine,
+    median,
+    open_flow,
+    partition,
+    run_threads,
+    server_versions,
+    targets,
+    uuids,
+    workdir,
+)
+
+ROWS = 10_000
+VARIANTS = ("raw", "raw+read", "eipflow write", "eipflow fire")
+
+
+def quiet_logging() -> None:
+    """What a service runs with: INFO transition lines filtered out (the CLI's default level)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        cache_logger_on_first_use=True)
+
+
+# -- the raw driver ------------------------------------------------------------------------------------
+class RawConn:
+    """One driver connection doing the transition by hand with the same durability settings."""
+
+    def __init__(self, target: Target) -> None:
+        self.kind = target.kind
+        self._fairy: Any = None
+        if target.kind == "sqlite":
+            assert target.path is not None
+            self.conn: Any = sqlite3.connect(target.path, isolation_level=None, check_same_thread=False,
+                                             timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={target.synchronous}")
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            p = "?"
+        else:
+            # The driver connection itself (URL options such as search_path honoured), outside any pool.
+            self._engine = sa.create_engine(target.url, poolclass=sa.pool.NullPool, isolation_level="READ COMMITTED")
+            self._fairy = self._engine.raw_connection()
+            self.conn = self._fairy.driver_connection
+            self.conn.autocommit = False
+            p = "%s"
+        self.cur = self.conn.cursor()
+        self.update = (f"UPDATE eip SET desired={p}, state={p}, updated_at={p}, version={p} "
+                       f"WHERE uuid={p} AND version={p}")
+        self.insert = (f"INSERT INTO eip_transition (eip_uuid, event, from_state, to_state, version, actor, op_id, "
+                       f"at, details) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.select = f"SELECT uuid, state, version, desired FROM eip WHERE uuid={p}"
+        # SQLAlchemy stores SQLite datetimes as ISO text; the raw client must do the same conversion.
+        self.now: Any = NOW.replace(tzinfo=None)
+        if self.kind == "sqlite":
+            self.now = self.now.isoformat(sep=" ")
+
+    def version(self, uuid: str) -> int:
+        self.cur.execute(self.select, (uuid,))
+        row = self.cur.fetchone()
+        if self.kind != "sqlite":
+            self.conn.rollback()
+        return int(row[2])
+
+    def transition(self, uuid: str, version: int, read: bool) -> int:
+        if self.kind == "sqlite":
+            self.cur.execute("BEGIN IMMEDIATE")
+        if read:
+            self.cur.execute(self.select, (uuid,))
+            version = int(self.cur.fetchone()[2])
+        self.cur.execute(self.update, ("detached", "applying", self.now, version + 1, uuid, version))
+        if self.cur.rowcount != 1:
+            raise RuntimeError(f"raw CAS lost on {uuid} v{version}")
+        self.cur.execute(self.insert, (uuid, "detach", "applying", "applying", version + 1, "bench", None,
+                                       self.now, None))
+        if self.kind == "sqlite":
+            self.cur.execute("COMMIT")
+        else:
+            self.conn.commit()
+        return version + 1
+
+    def close(self) -> None:
+        self.cur.close()
+        if self._fairy is not None:
+            self._fairy.close()
+            self._engine.dispose()
+        else:
+            self.conn.close()
+
+
+# -- the variants ------------------------------------------------------------------------------------
+def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
+          opened: list[RawConn]) -> Callable[[int], Callable[[], None]]:
+    def make(n: int) -> Callable[[], None]:
+        mine = partition(ids, workers, n)
+        pos = [0]
+        if variant.startswith("raw"):
+            raw = RawConn(target)
+            opened.append(raw)
+            versions = {u: raw.version(u) for u in mine}
+            read = variant == "raw+read"
+
+            def step() -> None:
+                u = mine[pos[0] % len(mine)]
+                pos[0] += 1
+                versions[u] = raw.transition(u, versions[u], read)
+
+            return step
+        runner = flow.runner
+        if variant == "eipflow write":
+            rows = {u: flow.store.get(u) for u in mine}
+            changes = {"desired": "detached"}
+            import time
+
+            def step() -> None:
+                u = mine[pos[0] % len(mine)]
+                pos[0] += 1
+                plan = runner._plan(rows[u], "detach", changes)
+                result = runner._commit(plan, time.perf_counter())
+                if result is None:
+                    raise RuntimeError(f"eipflow CAS lost on {u}")
+                rows[u] = result
+
+            return step
+
+        def step() -> None:
+            u = mine[pos[0] % len(mine)]
+            pos[0] += 1
+            runner.fire(u, "detach", {"desired": "detached"})
+
+        return step
+
+    return make
+
+
+def measure(target: Target, workers_list: list[int], seconds: float, rounds: int,
+            variants: tuple[str, ...] = VARIANTS) -> dict[str, dict[int, float]]:
+    with fresh(target) as t:
+        flow = open_flow(t)
+        try:
+            ids = uuids(ROWS)
+            bulk_load(flow.store.engine, ROWS, state="applying", bound=True, host="host-1")
+            samples: dict[str, dict[int, list[float]]] = {v: {w: [] for w in workers_list} for v in variants}
+            for r in range(rounds):
+                for w in workers_list:
+                    for v in variants:
+                        opened: list[RawConn] = []
+                        m = run_threads(w, seconds, maker(v, t, flow, ids, w, opened))
+                        for raw in opened:
+                            raw.close()
+                        samples[v][w].append(m.rate)
+                        print(f"  {t.label:18} round {r + 1} workers {w:2} {v:14} {m.rate:9.0f}/s", file=sys.stderr)
+            return {v: {w: median(samples[v][w]) for w in workers_list} for v in variants}
+        finally:
+            flow.close()
+
+
+def table(results: dict[str, dict[str, dict[int, float]]], workers_list: list[int]) -> str:
+    lines = [
+        "| store | writers | raw /s | raw+read /s | eipflow write /s | eipflow fire /s | write / raw | "
+        "fire / raw | fire / raw+read |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        for w in workers_list:
+            raw, rr, ew, ef = (res[v][w] for v in VARIANTS)
+            lines.append(f"| {label} | {w} | {raw:,.0f} | {rr:,.0f} | {ew:,.0f} | {ef:,.0f} | "
+                         f"{ew / raw:.2f} | {ef / raw:.2f} | {ef / rr:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", default="sqlite,postgres,mariadb", help="which databases (URLs from the env)")
+    parser.add_argument("--workers", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measurement window per figure")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--json", dest="json_path", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    workers_list = [int(w) for w in args.workers.split(",")]
+    results: dict[str, dict[str, dict[int, float]]] = {}
+    base = workdir()
+    for target in targets(args.db.split(","), base):
+        print(f"measuring {target.label} …", file=sys.stderr)
+        results[target.label] = measure(target, workers_list, args.seconds, args.rounds)
+    print(f"machine: {machine()}; {', '.join(server_versions()) or 'no servers'}")
+    print(table(results, workers_list))
+    if args.json_path:
+        with open(args.json_path, "w") as fh:
+            json.dump({"machine": machine(), "servers": server_versions(), "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
