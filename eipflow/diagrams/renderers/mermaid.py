@@ -6,6 +6,8 @@ arrows (``linkStyle``), which is what tells intents, releases, completions and f
 
 from __future__ import annotations
 
+import json
+
 from ..graph import Edge, Graph, Node
 from .style import EDGE, NODE, PATH_COLOR, STATUS, wrap_items
 
@@ -62,7 +64,8 @@ def _edge_style(graph: Graph, edge: Edge) -> tuple[str, str]:
 
 def to_mermaid(graph: Graph) -> str:
     """The graph as a Mermaid flowchart (deterministic for a given graph)."""
-    lines = ["---", f"title: {graph.title}", "---", "flowchart LR"]
+    # front matter is YAML: a JSON string is valid YAML and survives the ':' in our titles
+    lines = ["---", f"title: {json.dumps(graph.title)}", "---", "flowchart LR"]
     lines.append(f'    {START_ID}(("start"))')
     lines += [_node_decl(n) for n in graph.nodes]
     start_label = " ".join(f"({n})" for n in graph.initial_steps) + " create" if graph.initial_steps else ""
