@@ -63,3 +63,23 @@ def test_taskflow_boot_vm_happy_path(tmp_path: Path, capsys: pytest.CaptureFixtu
     example = load("taskflow_boot_vm")
     assert example.main(["--db", f"sqlite:///{tmp_path / 'tf.db'}", "--dns-ok"]) == 0
     assert "EIP now: attached; dataplane: ['compute-1: 203.0.113.10 -> 10.0.0.5']" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_celery_app(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Celery recipe: start a worker on examples/celery_app.py, submit an attach with main()."""
+    from integrations.test_celery import Worker, worker_env
+
+    env = worker_env(tmp_path)
+    for key in ("EIPFLOW_CELERY_BROKER", "EIPFLOW_CELERY_QUEUE"):
+        monkeypatch.setenv(key, env[key])
+    worker = Worker(env, tmp_path / "worker.log", "--pool=prefork", "--concurrency=2")
+    try:
+        example = load("celery_app")
+        assert example.main(["--request-id", "example-1", "--timeout", "60"]) == 0
+    finally:
+        worker.stop()
+    out = last_json(capsys.readouterr().out)
+    assert out["created"]["state"] == "detached"
+    attached = out["attached"]
+    assert (attached["state"], attached["applied_host"], attached["guest_ip"]) == ("attached", "h1", "10.0.0.5")
