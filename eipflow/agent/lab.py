@@ -20,10 +20,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
 
-__all__ = ["Lab", "missing_requirements"]
+__all__ = ["GATEWAY_IP", "GUEST_IP", "OUTSIDE_IP", "Lab", "Topology", "missing_requirements"]
 
 
 def missing_requirements() -> str | None:
@@ -91,12 +94,12 @@ class Lab:
         return _run(["ip", "netns", "exec", ns, *argv], check=check, stdin=stdin, timeout=timeout)
 
     def spawn(self, ns: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              stdout: int | None = subprocess.PIPE, stderr: object = None) -> subprocess.Popen[bytes]:
+              stdout: int | IO[bytes] | None = subprocess.PIPE,
+              stderr: int | IO[bytes] | None = None) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``ns``; :meth:`close` kills it. ``ip netns exec`` execs, so the pid is argv's."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],
-            env=env, stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
-            stdin=subprocess.DEVNULL,
+            env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
         )
         self.processes.append(proc)
         return proc
@@ -191,3 +194,143 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the EIP topology -----------------------------------------------------------------------------
+OUTSIDE_IP = "203.0.113.1"  # the "internet" client, on the public segment
+GUEST_IP = "192.0.2.10"  # the VM's private address (the same behind every host: the VM migrates)
+GATEWAY_IP = "192.0.2.1"  # each host's side of the guest link
+
+
+class Topology:
+    """outside (bridge) ── pub0 ── host-N ── gw0 ── guest, plus one agent per host.
+
+    ::
+
+        [outside ns] br0 203.0.113.1/24
+            ├── veth ── [host-1 ns] pub0 203.0.113.11/24, gw0 192.0.2.1/24 ──┐
+            └── veth ── [host-2 ns] pub0 203.0.113.12/24, gw0 192.0.2.1/24   │ (one at a time)
+                                                                   [guest ns] eth0 192.0.2.10/24
+
+    Agents run as ``eipflow agent`` inside their host's namespace and listen on Unix sockets in
+    ``workdir`` (sockets cross namespaces, so the control plane needs no network of its own).
+    """
+
+    def __init__(self, lab: Lab, workdir: Path, hosts: Sequence[str] = ("host-1", "host-2"),
+                 token: str | None = None) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.token = token or uuid.uuid4().hex
+        self.outside = lab.netns("out")
+        self.guest = lab.netns("vm")
+        self.hosts: dict[str, str] = {}
+        self.public_ips: dict[str, str] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.guest_host: str | None = None
+        ports = []
+        for n, host in enumerate(hosts, start=1):
+            ns = lab.netns(f"h{n}")
+            self.hosts[host] = ns
+            port = f"p{n}"
+            lab.veth(ns, "pub0", self.outside, port)
+            self.public_ips[host] = f"203.0.113.{10 + n}"
+            lab.address(ns, "pub0", f"{self.public_ips[host]}/24")
+            lab.sysctl(ns, "net.ipv4.ip_forward", "1")
+            ports.append(port)
+        lab.bridge(self.outside, "br0", ports)
+        lab.address(self.outside, "br0", f"{OUTSIDE_IP}/24")
+        self.hosts_file = workdir / "hosts.toml"
+        lines = ["[defaults]", 'public_interface = "pub0"', 'announce = "address"', "timeout = 10", ""]
+        for host in self.hosts:
+            lines += [f'[hosts."{host}"]', f'url = "unix://{self.socket(host)}"', f'token = "{self.token}"', ""]
+        self.hosts_file.write_text("\n".join(lines))
+
+    def socket(self, host: str) -> Path:
+        return self.workdir / f"{host}.sock"
+
+    # -- the guest -----------------------------------------------------------------------------
+    def plug_guest(self, host: str) -> None:
+        """Connect the guest to ``host`` (unplugging it from its previous host): the VM moved."""
+        if self.guest_host is not None:
+            self.lab.run(self.guest, "ip", "link", "del", "eth0")  # deletes the peer gw0 too
+        ns = self.hosts[host]
+        self.lab.veth(ns, "gw0", self.guest, "eth0")
+        self.lab.address(ns, "gw0", f"{GATEWAY_IP}/24")
+        self.lab.address(self.guest, "eth0", f"{GUEST_IP}/24")
+        self.lab.run(self.guest, "ip", "route", "replace", "default", "via", GATEWAY_IP)
+        self.guest_host = host
+
+    def serve(self, ns: str, name: str, port: int) -> subprocess.Popen[bytes]:
+        """A ``hello`` server in ``ns``; returns once it listens."""
+        proc = self.lab.python(ns, "serve", name, str(port))
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if b"listening" not in line:
+            raise RuntimeError(f"server {name} in {ns} did not start")
+        return proc
+
+    # -- agents --------------------------------------------------------------------------------
+    def start_agent(self, host: str, *, hold_fifo: Path | None = None, timeout: float = 20.0) -> None:
+        """Start ``eipflow agent`` for ``host`` in its namespace and wait until /healthz answers."""
+        env = dict(os.environ)
+        env.pop("EIPFLOW_AGENT_HOLD_FIFO", None)
+        if hold_fifo is not None:
+            env["EIPFLOW_AGENT_HOLD_FIFO"] = str(hold_fifo)
+        log = open(self.workdir / f"{host}.log", "ab")
+        try:
+            proc = self.lab.spawn(
+                self.hosts[host],
+                [*_eipflow(), "--log-format", "json", "-v", "agent", "--config", str(self.hosts_file),
+                 "--host", host],
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )
+        finally:
+            log.close()  # the child holds its own copy
+        self.agents[host] = proc
+        self.wait_agent(host, timeout)
+
+    def wait_agent(self, host: str, timeout: float = 20.0) -> None:
+        """Poll /healthz until it answers (bounded)."""
+        import httpx  # the agent extra
+
+        from ..backends.http import _UnixTransport  # closes refused sockets at once
+
+        deadline = time.monotonic() + timeout
+        transport = _UnixTransport(str(self.socket(host)))
+        with httpx.Client(base_url="http://agent", transport=transport, timeout=2.0) as client:
+            while True:
+                proc = self.agents[host]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"agent {host} exited ({proc.returncode}); see {self.workdir}/{host}.log")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"agent {host} did not answer /healthz within {timeout}s")
+                time.sleep(0.05)  # bounded wait for a server to come up
+
+    def kill_agent(self, host: str) -> None:
+        """``kill -9`` the agent (no graceful shutdown, socket file left behind)."""
+        proc = self.agents[host]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop_agent(self, host: str) -> int:
+        """SIGTERM (graceful shutdown); returns the exit code."""
+        proc = self.agents[host]
+        proc.terminate()
+        return proc.wait(timeout=30)
+
+    def eip_rules(self, host: str) -> list[str]:
+        """eipflow's rule lines in ``host``'s kernel ruleset."""
+        out = self.lab.run(self.hosts[host], "nft", "list", "table", "inet", "eipflow", check=False).stdout
+        return [line.strip() for line in out.splitlines() if 'comment "eipflow ' in line]
+
+
+def _eipflow() -> list[str]:
+    script = Path(sys.executable).with_name("eipflow")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from eipflow.cli import entry; entry()"]

@@ -17,12 +17,15 @@ connection refused (nothing was sent)           :class:`~eipflow.BackendError`, 
 from __future__ import annotations
 
 import os
+import select
+import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 
@@ -96,7 +99,7 @@ class HttpAgentBackend:
         with self._lock:
             client = self._clients.get(host)
             if client is None:
-                transport = httpx.HTTPTransport(uds=config.uds) if config.uds else None
+                transport = _UnixTransport(config.uds) if config.uds else None
                 client = httpx.Client(
                     base_url=config.base_url,
                     transport=transport,
@@ -142,6 +145,77 @@ class HttpAgentBackend:
             raise BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
         raise BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
                            retryable=response.status_code >= 500)
+
+
+class _SocketStream(httpcore.NetworkStream):
+    """A connected Unix socket as an httpcore stream (errors mapped as httpcore maps its own)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(exc) from exc
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(buffer)
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(exc) from exc
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # httpcore asks before reusing a pooled connection: readable while idle means the
+            # agent closed it (keep-alive expiry, restart), so a fresh connection is opened.
+            if self._sock.fileno() < 0:
+                return True
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        return self._sock if info == "socket" else None
+
+
+class _UnixBackend(httpcore.SyncBackend):
+    """httpcore's Unix connect leaves a refused socket to the garbage collector; close it at once.
+
+    A control plane retrying against a dead agent would otherwise leak one descriptor per attempt
+    until the next collection (and tests, where warnings are errors, see ResourceWarnings).
+    """
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except TimeoutError as exc:
+            sock.close()
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            sock.close()
+            raise httpcore.ConnectError(exc) from exc
+        return _SocketStream(sock)
+
+
+class _UnixTransport(httpx.HTTPTransport):
+    """``httpx.HTTPTransport(uds=...)`` with :class:`_UnixBackend` (httpx has no knob for the backend)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(uds=path)
+        self._pool = httpcore.ConnectionPool(uds=path, network_backend=_UnixBackend())
 
 
 def _message(response: httpx.Response) -> str:
