@@ -11,7 +11,8 @@ Points:
 - ``after_claim``: the work item is leased, nothing else happened.
 - ``before_apply`` / ``before_revoke``: the row says the call is due; the backend was not called.
 - ``after_apply`` / ``after_revoke``: the backend call succeeded; its completion is not recorded.
-- ``before_complete``: the completion transition is planned but not committed.
+- ``before_complete``: a completion transition is planned but not committed
+  (``before_complete:apply_ok``, ``before_complete:revoke_ok``, ``before_complete:proceed``… for one).
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ CRASH_ENV: Final = "EIPFLOW_CRASH_AT"
 POINTS: Final = ("after_claim", "before_apply", "after_apply", "before_revoke", "after_revoke", "before_complete")
 
 
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL if ``$EIPFLOW_CRASH_AT`` names ``name``."""
+def crash_point(name: str, qualifier: str | None = None) -> None:
+    """Kill this process with SIGKILL if ``$EIPFLOW_CRASH_AT`` names this point.
+
+    Args:
+        name: the point (one of :data:`POINTS`).
+        qualifier: narrows the point: ``before_complete`` passes the completion event, so
+            ``EIPFLOW_CRASH_AT=before_complete:apply_ok`` crashes only there.
+    """
     wanted = os.environ.get(CRASH_ENV)
     if not wanted:
         return
-    if name in (p.strip() for p in wanted.split(",")):
+    here = {name} if qualifier is None else {name, f"{name}:{qualifier}"}
+    if here.intersection(p.strip() for p in wanted.split(",")):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -326,7 +326,7 @@ class Runner:
                         changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
             try:
                 plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
-                crash_point("before_complete")
+                crash_point("before_complete", event)
                 result = self._commit(plan, started)
             except LeaseLost:
                 return None
