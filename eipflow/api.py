@@ -261,11 +261,18 @@ class Eipflow:
             "desired": "attached", "attach_confirmed": False, "last_error": None,
         }
         details = {"nic": nic, "guest_ip": guest_ip, "vm": vm, "host": host}
-        eip = self.runner.fire(uuid, "attach", changes, op_id=op_id, details=details)
+        # A retried operation whose first caller died after persisting the binding resumes its own attach.
+        mine = [r for r in self.store.history(uuid) if op_id is not None and r.event == "attach" and r.op_id == op_id]
+        if mine:
+            version = mine[-1].version
+            eip = self.store.require(uuid)
+        else:
+            eip = self.runner.fire(uuid, "attach", changes, op_id=op_id, details=details)
+            version = eip.version
         if not wait:
             return eip
         final = self.runner.drive(uuid)
-        if any(r.to_state == "rolling_back" for r in self.store.history(uuid) if r.version > eip.version):
+        if any(r.to_state == "rolling_back" for r in self.store.history(uuid) if r.version > version):
             last = final or _deleted(eip)
             raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)
         if final is None or (final.vm_nic_uuid, final.guest_ip) != (nic, guest_ip):

@@ -4,7 +4,10 @@ In-process hooks (``faults.fail``, ``faults.block``) force races with events, ne
 Separate processes (the CLI tests) use environment variables:
 
 - ``EIPFLOW_SIM_FAIL=apply`` (or ``revoke``, ``apply@HOST``): every matching call fails;
-- ``EIPFLOW_SIM_GATE=DIR``: an apply writes ``DIR/entered`` and waits until ``DIR/release`` exists.
+- ``EIPFLOW_SIM_GATE=DIR``: an apply announces itself and waits to be released. When ``DIR/entered``
+  and ``DIR/release`` are named pipes (``os.mkfifo``) the apply writes a line to ``entered`` and reads
+  ``release`` to its end — fully event-driven; otherwise it touches ``DIR/entered`` and waits until a
+  file ``DIR/release`` exists.
 """
 
 from __future__ import annotations
@@ -148,7 +151,15 @@ def _env_gate(action: str) -> None:
     if not gate_dir or action != "apply":
         return
     root = Path(gate_dir)
-    (root / "entered").touch()
+    entered, release = root / "entered", root / "release"
+    if entered.is_fifo() and release.is_fifo():
+        # Event-driven form: the test holds the other ends of two named pipes, so nobody polls.
+        with entered.open("w") as pipe:
+            pipe.write(f"{os.getpid()}\n")
+        with release.open() as pipe:
+            pipe.read()
+        return
+    entered.touch()
     deadline = time.monotonic() + GATE_TIMEOUT_S
     while not (root / "release").exists():  # cross-process gate: the other side is a separate process
         if time.monotonic() > deadline:
