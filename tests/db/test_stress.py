@@ -15,12 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _db_stress import drain, run_worker, setup  # type: ignore[import-not-found]  # tests/db on sys.path
 
 from eipflow import Eipflow
 from eipflow.backends.simulated import SimulatedDataplane
 from eipflow.invariants import check
 from eipflow.store.database import transient_retries
+
+from ._db_stress import drain, run_worker, setup
 
 THREADS = 8
 THREAD_OPS = 60
