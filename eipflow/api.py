@@ -21,8 +21,8 @@ from .errors import (
     AttachFailed,
     AttachSuperseded,
     ConflictError,
-    EipNotFound,
     EipflowError,
+    EipNotFound,
     InvalidInput,
     OperationIdReused,
     WorkItemNotFound,
@@ -199,7 +199,7 @@ class Eipflow:
         return self.store.require(v.eip_uuid(uuid))
 
     def list_eips(self, *, state: str | None = None, vm_uuid: str | None = None) -> list[Eip]:
-        return self.store.list(state=state, vm_uuid=vm_uuid)
+        return self.store.eips(state=state, vm_uuid=vm_uuid)
 
     def history(self, uuid: str) -> list[TransitionRecord]:
         """Every transition of the EIP, oldest first (kept after the EIP is deleted)."""
@@ -330,7 +330,7 @@ class Eipflow:
         # proceeds, or has its binding visible to the query below.
         self.store.record_vm(vm, placed, running)
         touched: list[str] = []
-        for eip in self.store.list(vm_uuid=vm):
+        for eip in self.store.eips(vm_uuid=vm):
             try:
                 self.runner.fire(
                     eip.uuid, event,

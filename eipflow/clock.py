@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 __all__ = ["Clock", "ManualClock", "SystemClock", "utcnow"]
@@ -11,7 +11,7 @@ __all__ = ["Clock", "ManualClock", "SystemClock", "utcnow"]
 
 def utcnow() -> datetime:
     """Timezone-aware UTC now (freezegun patches it in single-threaded tests)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Clock(Protocol):
@@ -31,7 +31,7 @@ class ManualClock:
     """A thread-safe clock that moves only when told to (use it where threads run; freezegun is not thread-safe)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:

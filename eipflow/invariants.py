@@ -73,7 +73,7 @@ def check(store: Store, backend: object | None = None, *, quiescent: bool = True
         quiescent: also require that no EIP is in flight and no work is due or running.
     """
     out: list[Violation] = []
-    rows = store.list()
+    rows = store.eips()
     by_uuid = {e.uuid: e for e in rows}
 
     # Bindings match states; one EIP per guest IP.

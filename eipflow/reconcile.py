@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
@@ -125,8 +125,7 @@ class Reconciler:
         backend = self.flow.backend
         rules: list[EipSpec] | None = backend.rules(host) if isinstance(backend, ListsRules) else None
         after = self._rows(host)
-        # (cast: Store.list shadows the builtin in Store's annotations)
-        work = cast("list[WorkItem]", self.store.list_work(statuses=["pending", "running", "parked"]))
+        work = self.store.list_work(statuses=["pending", "running", "parked"])
         by_id = {w.id: w for w in work}
 
         repairs: list[Repair] = []
@@ -149,7 +148,7 @@ class Reconciler:
         return repairs, rules is not None
 
     def _rows(self, host: str | None) -> dict[str, Eip]:
-        return {e.uuid: e for e in self.store.list(host_uuid=host)}
+        return {e.uuid: e for e in self.store.eips(host_uuid=host)}
 
     def _in_flight(self, eip: Eip, item: WorkItem | None, now: Any) -> list[Repair]:
         def repair(kind: str, reason: str) -> list[Repair]:

@@ -40,6 +40,7 @@ log = structlog.get_logger("eipflow.runner")
 
 MAX_CAS_ATTEMPTS = 50
 _FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")
+_SPEC_KEYS = ("vip", "vm_nic_uuid", "guest_ip", "host_uuid", "applied_host")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ class Runner:
     ) -> PlannedTransition:
         changes = dict(changes)
         target = resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid)
-        merged = {**{k: getattr(eip, k) for k in ("vip", "vm_nic_uuid", "guest_ip", "host_uuid", "applied_host")}, **changes}
+        merged = {k: changes.get(k, getattr(eip, k)) for k in _SPEC_KEYS}
         new_work: NewWork | None = None
         finish: tuple[int, str] | None = None
         update: tuple[int, str, Mapping[str, Any]] | None = None

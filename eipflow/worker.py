@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -96,8 +96,7 @@ class Worker:
         """Lease the next due item (pending and due, or running with an expired lease), if any."""
         if self.skip_locked:
             return self._claim_skip_locked()
-        # (cast: Store.list shadows the builtin in Store's annotations)
-        due = cast("list[int]", self.store.due_work(self.store.clock.now(), limit=20))
+        due = self.store.due_work(self.store.clock.now(), limit=20)
         for work_id in due:
             item = self.store.claim(work_id, self.owner, self.lease_seconds)
             if item is not None:

@@ -204,7 +204,7 @@ def test_processes_two_attaches_one_wins(sqlite_url: str, gate: PipeGate) -> Non
     second = cli(sqlite_url, "attach", uuid, "--nic", "nic-2", "--guest-ip", "10.0.0.6", "--vm", "vm-2", "--host", "h2")
     assert second.returncode == 4 and "cannot attach" in second.stderr
     gate.release()
-    out, err = first.communicate(timeout=120)
+    _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     rules = _json(cli(sqlite_url, "dataplane", "list"))
     assert [(r["host_uuid"], r["guest_ip"]) for r in rules] == [("h1", "10.0.0.5")]

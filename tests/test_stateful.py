@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from eipflow import EipflowError, Eipflow, InMemoryDataplane, ManualClock, RetryPolicy
+from eipflow import Eipflow, EipflowError, InMemoryDataplane, ManualClock, RetryPolicy
 from eipflow.invariants import check
 from eipflow.values import EipSpec
 

@@ -23,14 +23,20 @@ EXIT_CODES: dict[type[EipflowError], int] = {
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db_url", envvar="EIPFLOW_DB", help="SQLAlchemy URL [env EIPFLOW_DB; default sqlite:///eipflow.db]")
-@click.option("--backend", envvar="EIPFLOW_BACKEND", help="backend factory 'package.module:factory' [env EIPFLOW_BACKEND]")
+@click.option(
+    "--db", "db_url", envvar="EIPFLOW_DB", help="SQLAlchemy URL [env EIPFLOW_DB; default sqlite:///eipflow.db]"
+)
+@click.option(
+    "--backend", envvar="EIPFLOW_BACKEND", help="backend factory 'package.module:factory' [env EIPFLOW_BACKEND]"
+)
 @click.option("--json", "as_json", is_flag=True, help="print exactly one JSON document on stdout")
 @click.option("-v", "--verbose", count=True, help="log transitions (-v) and work claims (-vv) to stderr")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True)
 @click.version_option(package_name="eipflow")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, backend: str | None, as_json: bool, verbose: int, log_format: str) -> None:
+def cli(
+    ctx: click.Context, db_url: str | None, backend: str | None, as_json: bool, verbose: int, log_format: str
+) -> None:
     """Attach Elastic IPs safely: persisted, version-checked state machines."""
     setup_logging(verbose, log_format)
     ctx.obj = State(db_url=db_url, backend=backend, as_json=as_json)

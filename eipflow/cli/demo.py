@@ -27,7 +27,8 @@ def demo(state: State, demo_db: str | None) -> None:
     for uuid, records in result.history.items():
         lines += ["", f"timeline of {uuid}:", history_text(records)]
     lines += ["", "final database:", list_text(result.eips), "", "final dataplane:"]
-    lines += [f"  {r.host_uuid}: {r.vip} -> {r.guest_ip} ({r.eip_uuid})" for r in result.rules] or ["  no rules (nothing leaked)"]
+    rules = [f"  {r.host_uuid}: {r.vip} -> {r.guest_ip} ({r.eip_uuid})" for r in result.rules]
+    lines += rules or ["  no rules (nothing leaked)"]
     emit(state, data, "\n".join(lines))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
 from ..values import Eip, TransitionRecord
@@ -22,7 +24,11 @@ def list_text(eips: list[Eip]) -> str:
     if not eips:
         return "no EIPs"
     rows = [("UUID", "VIP", "STATE", "VER", "GUEST IP", "VM", "HOST")]
-    rows += [(e.uuid, e.vip, e.state, str(e.version), e.guest_ip or "-", e.vm_uuid or "-", e.applied_host or e.host_uuid or "-") for e in eips]
+    rows += [
+        (e.uuid, e.vip, e.state, str(e.version), e.guest_ip or "-", e.vm_uuid or "-",
+         e.applied_host or e.host_uuid or "-")
+        for e in eips
+    ]
     return _table(rows)
 
 
@@ -35,9 +41,9 @@ def history_text(records: list[TransitionRecord]) -> str:
     return _table(rows)
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 @click.group("eip")

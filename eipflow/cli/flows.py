@@ -26,7 +26,9 @@ def _many(state: State, eips: list[Eip], what: str) -> None:
 @_OP
 @_NO_WAIT
 @pass_state
-def attach(state: State, uuid: str, nic: str, guest_ip: str, vm: str, host: str, op_id: str | None, no_wait: bool) -> None:
+def attach(
+    state: State, uuid: str, nic: str, guest_ip: str, vm: str, host: str, op_id: str | None, no_wait: bool
+) -> None:
     """Attach an EIP to a VM NIC's guest IP; returns when attached (exit 5 if rolled back)."""
     eip = state.flow.attach(uuid, nic=nic, guest_ip=guest_ip, vm=vm, host=host, op_id=op_id, wait=not no_wait)
     emit(state, eip.to_dict(), show_text(eip))

@@ -6,8 +6,8 @@ The hot path never goes through the ORM: :mod:`eipflow.store.store` uses the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -46,12 +46,12 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("eipflow stores timezone-aware UTC datetimes only")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
 
 
 def _ts(**kw: Any) -> Any:
@@ -72,19 +72,19 @@ class EipRow(SQLModel, table=True):
     )
 
     uuid: str = Field(primary_key=True, max_length=36)
-    name: Optional[str] = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255)
     vip: str = Field(max_length=IP)
     state: str = Field(max_length=20)
     version: int
     desired: str = Field(max_length=16)
-    vm_nic_uuid: Optional[str] = Field(default=None, max_length=ID)
-    guest_ip: Optional[str] = Field(default=None, max_length=IP)  # unique: uq_eip_guest_ip
-    vm_uuid: Optional[str] = Field(default=None, max_length=ID)
-    host_uuid: Optional[str] = Field(default=None, max_length=ID)
-    applied_host: Optional[str] = Field(default=None, max_length=ID)
+    vm_nic_uuid: str | None = Field(default=None, max_length=ID)
+    guest_ip: str | None = Field(default=None, max_length=IP)  # unique: uq_eip_guest_ip
+    vm_uuid: str | None = Field(default=None, max_length=ID)
+    host_uuid: str | None = Field(default=None, max_length=ID)
+    applied_host: str | None = Field(default=None, max_length=ID)
     attach_confirmed: bool = False
-    work_id: Optional[int] = None
-    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    work_id: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 
@@ -94,16 +94,16 @@ class TransitionRow(SQLModel, table=True):
     # One history row per version: the database itself refuses a second writer of the same version.
     __table_args__ = (sa.UniqueConstraint("eip_uuid", "version", name="uq_eip_transition_version"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     eip_uuid: str = Field(max_length=36)
     event: str = Field(max_length=32)
     from_state: str = Field(max_length=20)
     to_state: str = Field(max_length=20)
     version: int
-    actor: Optional[str] = Field(default=None, max_length=ID)
-    op_id: Optional[str] = Field(default=None, max_length=ID)
+    actor: str | None = Field(default=None, max_length=ID)
+    op_id: str | None = Field(default=None, max_length=ID)
     at: datetime = _ts(nullable=False)
-    details: Optional[str] = Field(default=None, sa_type=sa.Text)
+    details: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class WorkRow(SQLModel, table=True):
@@ -113,19 +113,19 @@ class WorkRow(SQLModel, table=True):
         sa.Index("ix_eip_work_eip", "eip_uuid"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     eip_uuid: str = Field(max_length=36)
     action: str = Field(max_length=8)
     vip: str = Field(max_length=IP)
     vm_nic_uuid: str = Field(max_length=ID)
     guest_ip: str = Field(max_length=IP)
-    host_uuid: Optional[str] = Field(default=None, max_length=ID)
+    host_uuid: str | None = Field(default=None, max_length=ID)
     status: str = Field(max_length=10)
     attempts: int = 0
     due_at: datetime = _ts(nullable=False)
-    lease_owner: Optional[str] = Field(default=None, max_length=ID)
-    lease_expires_at: Optional[datetime] = _ts(nullable=True)
-    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    lease_owner: str | None = Field(default=None, max_length=ID)
+    lease_expires_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
     cleanup: bool = False
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -135,7 +135,7 @@ class VmRow(SQLModel, table=True):
     __tablename__ = "eip_vm"
 
     uuid: str = Field(primary_key=True, max_length=ID)
-    host_uuid: Optional[str] = Field(default=None, max_length=ID)
+    host_uuid: str | None = Field(default=None, max_length=ID)
     running: bool
     version: int
     updated_at: datetime = _ts(nullable=False)
@@ -147,7 +147,7 @@ class OperationRow(SQLModel, table=True):
     op_id: str = Field(primary_key=True, max_length=ID)
     request: str = Field(sa_type=sa.Text)
     status: str = Field(max_length=10)
-    result: Optional[str] = Field(default=None, sa_type=sa.Text)
+    result: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 

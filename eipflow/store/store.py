@@ -33,6 +33,8 @@ VM = VmRow.__table__  # type: ignore[attr-defined]
 OPERATION = OperationRow.__table__  # type: ignore[attr-defined]
 
 _EIP_COLS = [c.name for c in EIP.columns]
+if tuple(_EIP_COLS) != tuple(Eip.__dataclass_fields__):  # _eip() builds an Eip positionally from a row
+    raise ImportError("eipflow.values.Eip's fields must follow the eip table's columns, in order")
 _WORK_COLS = [c.name for c in WORK.columns]
 
 
@@ -78,7 +80,8 @@ class PlannedTransition:
 
 
 def _eip(row: Any) -> Eip:
-    return Eip(**row._mapping)
+    # Positional: Eip's fields are declared in the table's column order (checked at import below).
+    return Eip(*row)
 
 
 def _work(row: Any) -> WorkItem:
@@ -130,6 +133,30 @@ class Store:
         self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
         self._insert_history = HISTORY.insert()
         self._insert_work = WORK.insert()
+        # Statements built once: building a Core statement and its cache key per call costs more
+        # than executing it (~25 µs for a select, ~300 µs for the claim's UPDATE).
+        self._select_vm = sa.select(VM).where(VM.c.uuid == sa.bindparam("u"))
+        self._select_work = sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id"))
+        self._select_history = sa.select(HISTORY).where(HISTORY.c.eip_uuid == sa.bindparam("u")).order_by(
+            HISTORY.c.version
+        )
+        self._claim = (
+            WORK.update()
+            .where(
+                WORK.c.id == sa.bindparam("w_id"),
+                sa.or_(
+                    sa.and_(WORK.c.status == "pending", WORK.c.due_at <= sa.bindparam("w_now")),
+                    sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < sa.bindparam("w_now")),
+                ),
+            )
+            .values(
+                status="running",
+                lease_owner=sa.bindparam("s_owner"),
+                lease_expires_at=sa.bindparam("s_expires"),
+                attempts=WORK.c.attempts + 1,
+                updated_at=sa.bindparam("s_now"),
+            )
+        )
 
     # -- connections ---------------------------------------------------------------------------
     def _read(self) -> Connection:
@@ -147,7 +174,7 @@ class Store:
             raise EipNotFound(uuid)
         return eip
 
-    def list(
+    def eips(
         self,
         *,
         state: str | None = None,
@@ -173,9 +200,8 @@ class Store:
             return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.guest_ip == guest_ip)).scalar()
 
     def history(self, uuid: str) -> list[TransitionRecord]:
-        stmt = sa.select(HISTORY).where(HISTORY.c.eip_uuid == uuid).order_by(HISTORY.c.version)
         with translate_errors(self.engine), self._read() as conn:
-            return [_record(r) for r in conn.execute(stmt)]
+            return [_record(r) for r in conn.execute(self._select_history, {"u": uuid})]
 
     def all_history(self) -> list[TransitionRecord]:
         stmt = sa.select(HISTORY).order_by(HISTORY.c.eip_uuid, HISTORY.c.version)
@@ -184,7 +210,7 @@ class Store:
 
     def work_item(self, work_id: int) -> WorkItem | None:
         with translate_errors(self.engine), self._read() as conn:
-            row = conn.execute(sa.select(WORK).where(WORK.c.id == work_id)).first()
+            row = conn.execute(self._select_work, {"w_id": work_id}).first()
         return _work(row) if row is not None else None
 
     def list_work(self, *, statuses: Sequence[str] | None = None, eip_uuid: str | None = None) -> list[WorkItem]:
@@ -219,7 +245,7 @@ class Store:
 
     def vm(self, uuid: str) -> Vm | None:
         with translate_errors(self.engine), self._read() as conn:
-            row = conn.execute(sa.select(VM).where(VM.c.uuid == uuid)).first()
+            row = conn.execute(self._select_vm, {"u": uuid}).first()
         if row is None:
             return None
         m = row._mapping
@@ -439,27 +465,11 @@ class Store:
         """Lease one item: a compare-and-swap on its status and lease, correct on every database."""
         now = self.clock.now()
         expires = now + timedelta(seconds=lease_seconds)
-        stmt = (
-            WORK.update()
-            .where(
-                WORK.c.id == work_id,
-                sa.or_(
-                    sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
-                    sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
-                ),
-            )
-            .values(
-                status="running",
-                lease_owner=owner,
-                lease_expires_at=expires,
-                attempts=WORK.c.attempts + 1,
-                updated_at=now,
-            )
-        )
+        params = {"w_id": work_id, "w_now": now, "s_owner": owner, "s_expires": expires, "s_now": now}
         with translate_errors(self.engine), self.engine.begin() as conn:
-            if conn.execute(stmt).rowcount != 1:
+            if conn.execute(self._claim, params).rowcount != 1:
                 return None
-            row = conn.execute(sa.select(WORK).where(WORK.c.id == work_id)).first()
+            row = conn.execute(self._select_work, {"w_id": work_id}).first()
         return _work(row)
 
     def extend_lease(self, work_id: int, owner: str, lease_seconds: float) -> bool:
