@@ -252,6 +252,7 @@ class Store:
         return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"])
 
     # -- writes --------------------------------------------------------------------------------
+    @retry_transient  # every write is one transaction: safe to run again after a deadlock
     def create(self, uuid: str, vip: str, name: str | None, *, actor: str | None, op_id: str | None) -> Eip:
         now = self.clock.now()
         values = dict(
@@ -436,11 +437,13 @@ class Store:
             return None
         return work_id
 
+    @retry_transient
     def add_work(self, eip_uuid: str, work: NewWork) -> int:
         """Insert a stand-alone work item (a cleanup revoke that drives no state)."""
         with translate_errors(self.engine), self.engine.begin() as conn:
             return self._insert_work_item(conn, eip_uuid, work, self.clock.now())
 
+    @retry_transient
     def record_vm(self, uuid: str, host_uuid: str | None, running: bool) -> Vm:
         """Upsert what eipflow is told about a VM (the latest fact wins)."""
         now = self.clock.now()
@@ -472,6 +475,7 @@ class Store:
             row = conn.execute(self._select_work, {"w_id": work_id}).first()
         return _work(row)
 
+    @retry_transient
     def extend_lease(self, work_id: int, owner: str, lease_seconds: float) -> bool:
         now = self.clock.now()
         stmt = (
@@ -482,6 +486,7 @@ class Store:
         with translate_errors(self.engine), self.engine.begin() as conn:
             return bool(conn.execute(stmt).rowcount == 1)
 
+    @retry_transient
     def set_work_status(
         self, work_id: int, owner: str | None, status: str, *, error: str | None = None,
         due_at: datetime | None = None,
@@ -499,6 +504,7 @@ class Store:
         with translate_errors(self.engine), self.engine.begin() as conn:
             return bool(conn.execute(WORK.update().where(*where).values(values)).rowcount == 1)
 
+    @retry_transient
     def requeue(self, work_id: int) -> bool:
         """Operator retry: a parked (or pending) item becomes due now with a fresh attempt budget."""
         now = self.clock.now()
@@ -510,6 +516,7 @@ class Store:
         with translate_errors(self.engine), self.engine.begin() as conn:
             return bool(conn.execute(stmt).rowcount == 1)
 
+    @retry_transient
     def release_lease(self, work_id: int, owner: str) -> bool:
         """Give an item back unfinished (graceful shutdown): due again at once."""
         now = self.clock.now()
@@ -552,6 +559,7 @@ class Operations:
             row = conn.execute(sa.select(OPERATION).where(OPERATION.c.op_id == op_id)).first()
         return row._mapping if row is not None else None
 
+    @retry_transient
     def finish(self, op_id: str, status: str, result: str) -> None:
         with translate_errors(self.store.engine), self.store.engine.begin() as conn:
             conn.execute(
@@ -560,11 +568,13 @@ class Operations:
                 .values(status=status, result=result, updated_at=self.store.clock.now())
             )
 
+    @retry_transient
     def forget(self, op_id: str) -> None:
         """Drop a claim whose request changed nothing (it failed validation or a conflict)."""
         with translate_errors(self.store.engine), self.store.engine.begin() as conn:
             conn.execute(OPERATION.delete().where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running"))
 
+    @retry_transient
     def take_over(self, op_id: str, stale_before: datetime) -> bool:
         """Claim a ``running`` operation whose caller died (not updated since ``stale_before``)."""
         now = self.store.clock.now()

@@ -19,6 +19,7 @@ import pytest
 from eipflow import Eipflow
 from eipflow.backends.simulated import SimulatedDataplane
 from eipflow.invariants import check
+from eipflow.store import create_db_engine
 from eipflow.store.database import transient_retries
 
 from ._db_stress import drain, run_worker, setup
@@ -40,14 +41,15 @@ def _report(kind: str, db_url: str, counts: Counter[str], seconds: float, draine
     )
 
 
-def _verify(db_url: str, counts: Counter[str]) -> int:
+def _verify(db_url: str, counts: Counter[str], *, backend_may_fail: bool = False) -> int:
     """Drain the leftover work, then the whole contract must hold."""
     flow = Eipflow.open(db_url, SimulatedDataplane(), owner="drain")
     try:
         drained = drain(flow)
         violations = check(flow.store, flow.backend)
         assert violations == [], "\n".join(map(str, violations))
-        assert not [k for k in counts if k.endswith(":attach_failed")], counts  # no faults were injected
+        if not backend_may_fail:  # no faults were injected
+            assert not [k for k in counts if k.endswith(":attach_failed")], counts
         attached = flow.list_eips(state="attached")
         assert {(e.applied_host, e.uuid) for e in attached} == {(r.host_uuid, r.eip_uuid) for r in flow.dataplane()}
         bound = [e.guest_ip for e in flow.list_eips() if e.guest_ip is not None]
@@ -57,9 +59,16 @@ def _verify(db_url: str, counts: Counter[str]) -> int:
     return drained
 
 
-def test_threads_hammering_one_database(db_url: str) -> None:
-    """Eight threads sharing one Eipflow (one engine, one dataplane) run attach/detach/stop/start/migrate."""
-    flow = Eipflow.open(db_url, SimulatedDataplane(), owner="threads")
+@pytest.mark.parametrize("isolation", ["default", "REPEATABLE READ"])
+def test_threads_hammering_one_database(db_url: str, isolation: str) -> None:
+    """Eight threads sharing one Eipflow (one engine, one dataplane) run attach/detach/stop/start/migrate;
+    on the servers also at REPEATABLE READ, where PostgreSQL's serialization failures are retried."""
+    kwargs = {}
+    if isolation != "default":
+        if db_url.startswith("sqlite"):
+            pytest.skip("SQLite serializes writers; isolation levels do not apply")
+        kwargs["isolation_level"] = isolation
+    flow = Eipflow.open(engine=create_db_engine(db_url, **kwargs), backend=SimulatedDataplane(), owner="threads")
     hot, cold = setup(flow, THREADS)
     barrier = threading.Barrier(THREADS)
     results: list[Counter[str] | BaseException] = [Counter() for _ in range(THREADS)]
@@ -93,8 +102,12 @@ def test_threads_hammering_one_database(db_url: str) -> None:
         assert sum(v for k, v in counts.items() if ":" in k) == THREADS * THREAD_OPS
     finally:
         flow.close()
-    drained = _verify(db_url, counts)
-    _report(f"{THREADS} threads", db_url, counts, seconds, drained)
+    # The database-backed simulated dataplane upserts its rule with a SAVEPOINT; under InnoDB's
+    # REPEATABLE READ gap locks that insert can deadlock, MySQL rolls the whole transaction back and
+    # the apply fails. The engine must then roll the attach back cleanly: the invariants still hold.
+    backend_may_fail = isolation != "default" and db_url.startswith("mysql")
+    drained = _verify(db_url, counts, backend_may_fail=backend_may_fail)
+    _report(f"{THREADS} threads {isolation}", db_url, counts, seconds, drained)
 
 
 @pytest.mark.slow
