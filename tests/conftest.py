@@ -23,11 +23,14 @@ PG_ENV = "EIPFLOW_TEST_POSTGRES_URL"
 MARIADB_ENV = "EIPFLOW_TEST_MARIADB_URL"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Tests assert log events with capture_logs(); keep the rest quiet and cheap.
-    import logging
+def _drop(_logger: object, _name: str, _event: object) -> object:
+    raise structlog.DropEvent
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Quiet by default; tests that assert log events use structlog.testing.capture_logs(), which swaps
+    # the processors for a capturing one, so every level still reaches it.
+    structlog.configure(processors=[_drop])
 
 
 @pytest.fixture(autouse=True)
