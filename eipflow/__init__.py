@@ -30,8 +30,11 @@ from .errors import (
     WorkItemNotFound,
 )
 from .machine import EipMachine, Facts
+from .reconcile import Reconciler, ReconcileReport, Repair
 from .runner import RetryPolicy
+from .steps import StepPending
 from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
+from .worker import Worker
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -64,8 +67,12 @@ __all__ = [
     "ManualClock",
     "NotFound",
     "OperationIdReused",
+    "ReconcileReport",
+    "Reconciler",
+    "Repair",
     "RetryPolicy",
     "SimulatedDataplane",
+    "StepPending",
     "SystemClock",
     "TransitionRecord",
     "VersionConflict",
@@ -73,6 +80,7 @@ __all__ = [
     "Vm",
     "WorkItem",
     "WorkItemNotFound",
+    "Worker",
     "__version__",
     "connect",
     "load_backend",

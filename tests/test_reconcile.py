@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import structlog
 from freezegun import freeze_time
 
 from eipflow import Eipflow, EipSpec, InMemoryDataplane
@@ -14,6 +16,15 @@ from eipflow.invariants import check
 from eipflow.reconcile import Reconciler, reconcile
 
 VIP, VIP2 = "192.0.2.10", "192.0.2.11"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # main() configures structlog to print to the sys.stderr of that moment (pytest's capture,
+    # closed after the test); put the test configuration back so later tests can log.
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def _attached(flow: Eipflow, vip: str = VIP, *, n: int = 1, host: str = "h1") -> str:

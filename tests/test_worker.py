@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from freezegun import freeze_time
 
 from eipflow import Eipflow, InMemoryDataplane, ManualClock, RetryPolicy
@@ -22,6 +23,15 @@ from eipflow.invariants import check
 from eipflow.worker import Worker
 
 VIPS = [f"203.0.113.{n}" for n in range(30, 40)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # main() configures structlog to print to the sys.stderr of that moment (pytest's capture,
+    # closed after the test); put the test configuration back so later tests can log.
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def _attach(flow: Eipflow, uuid: str, n: int, *, wait: bool = False, host: str = "h1") -> None:
