@@ -34,6 +34,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """``main(argv)`` configures structlog for the process (as a CLI should); undo it after each test."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
