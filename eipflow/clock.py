@@ -15,6 +15,8 @@ def utcnow() -> datetime:
 
 
 class Clock(Protocol):
+    """Where eipflow reads the time; inject :class:`ManualClock` in tests that run threads."""
+
     def now(self) -> datetime:
         """Timezone-aware UTC now."""
         ...

@@ -63,12 +63,16 @@ class NotFound(EipflowError, LookupError):
 
 
 class EipNotFound(NotFound):
+    """No EIP with that uuid (a deleted EIP keeps only its history)."""
+
     def __init__(self, eip_uuid: str) -> None:
         self.eip_uuid = eip_uuid
         super().__init__(f"EIP {eip_uuid} not found (deleted EIPs keep only their history: eip history {eip_uuid})")
 
 
 class WorkItemNotFound(NotFound):
+    """No work item with that id."""
+
     def __init__(self, work_id: int) -> None:
         self.work_id = work_id
         super().__init__(f"work item {work_id} not found (see: eipflow work list)")
@@ -79,6 +83,8 @@ class InvalidInput(EipflowError, ValueError):
 
 
 class InvalidAddress(InvalidInput):
+    """An IP address field is not a valid unicast IPv4/IPv6 address."""
+
     def __init__(self, field: str, value: object, reason: str = "not a valid IPv4 or IPv6 address") -> None:
         self.field = field
         self.value = value
@@ -87,6 +93,8 @@ class InvalidAddress(InvalidInput):
 
 
 class InvalidIdentifier(InvalidInput):
+    """An id or name is empty, too long, or has characters eipflow does not accept."""
+
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
@@ -95,6 +103,8 @@ class InvalidIdentifier(InvalidInput):
 
 
 class InvalidBackendSpec(InvalidInput):
+    """A backend import path cannot be loaded."""
+
     def __init__(self, spec: str, reason: str) -> None:
         self.spec = spec
         self.reason = reason
@@ -102,6 +112,8 @@ class InvalidBackendSpec(InvalidInput):
 
 
 class OperationIdReused(InvalidInput):
+    """An operation id was reused for a different request."""
+
     def __init__(self, op_id: str, first: str, now: str) -> None:
         self.op_id = op_id
         self.first_request = first
@@ -147,6 +159,8 @@ class VersionConflict(ConflictError):
 
 
 class GuestIpInUse(ConflictError):
+    """The guest IP already carries an EIP (enforced by a unique constraint)."""
+
     def __init__(self, guest_ip: str, holder: str | None = None) -> None:
         self.guest_ip = guest_ip
         self.holder = holder
@@ -155,6 +169,8 @@ class GuestIpInUse(ConflictError):
 
 
 class VipInUse(ConflictError):
+    """The VIP is already allocated to another EIP."""
+
     def __init__(self, vip: str) -> None:
         self.vip = vip
         super().__init__(f"VIP {vip} is already allocated to another EIP")
