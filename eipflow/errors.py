@@ -217,6 +217,8 @@ class DatabaseError(EipflowError):
     """The database could not be reached or refused the request."""
 
     retryable = True
+    #: a deadlock or serialization failure: the whole transaction may simply be run again
+    transient: bool = False
 
     def __init__(self, url: str, reason: str) -> None:
         self.url = url

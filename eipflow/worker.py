@@ -27,7 +27,7 @@ import structlog
 
 from .api import Eipflow
 from .runner import Runner, default_owner
-from .store.database import translate_errors
+from .store.database import retry_transient, translate_errors
 from .store.store import WORK, _work
 from .values import WorkItem
 
@@ -103,6 +103,7 @@ class Worker:
                 return item
         return None
 
+    @retry_transient
     def _claim_skip_locked(self) -> WorkItem | None:
         # Candidates locked by another worker's claim are skipped, not waited for; the UPDATE
         # repeats the claim's conditions, so the compare-and-swap stays the guarantee.

@@ -12,12 +12,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from ..clock import utcnow
+from ..store.database import retry_transient, translate_errors
 from ..store.schema import SimRuleRow
 from ..values import EipSpec
 from .faults import Faults
@@ -144,19 +149,29 @@ class SimulatedDataplane(_Simulated):
             raise RuntimeError("SimulatedDataplane is not bound to a database (call bind(engine))")
         return self.engine
 
+    @retry_transient
     def _put(self, spec: EipSpec) -> None:
-        key = (RULE.c.host_uuid == spec.host_uuid) & (RULE.c.eip_uuid == spec.eip_uuid)
+        engine = self._db()
         values = {"vip": spec.vip, "vm_nic_uuid": spec.vm_nic_uuid, "guest_ip": spec.guest_ip, "applied_at": utcnow()}
-        with self._db().begin() as conn:
-            if conn.execute(RULE.update().where(key).values(values)).rowcount == 0:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(RULE.insert().values(host_uuid=spec.host_uuid, eip_uuid=spec.eip_uuid, **values))
-                except sa.exc.IntegrityError:
-                    conn.execute(RULE.update().where(key).values(values))
+        row = {"host_uuid": spec.host_uuid, "eip_uuid": spec.eip_uuid, **values}
+        # One native upsert per dialect: no read-then-write, no savepoint (MariaDB aborts the whole
+        # transaction on a deadlock, taking any savepoint with it).
+        dialect = engine.dialect.name
+        stmt: Any
+        if dialect == "postgresql":
+            ins = pg_insert(RULE).values(row)
+            stmt = ins.on_conflict_do_update(index_elements=["host_uuid", "eip_uuid"], set_=values)
+        elif dialect in ("mysql", "mariadb"):
+            stmt = mysql_insert(RULE).values(row).on_duplicate_key_update(**values)
+        else:
+            ins_lite = sqlite_insert(RULE).values(row)
+            stmt = ins_lite.on_conflict_do_update(index_elements=["host_uuid", "eip_uuid"], set_=values)
+        with translate_errors(engine), engine.begin() as conn:
+            conn.execute(stmt)
 
+    @retry_transient
     def _remove(self, spec: EipSpec) -> None:
-        with self._db().begin() as conn:
+        with translate_errors(self._db()), self._db().begin() as conn:
             conn.execute(
                 RULE.delete().where(
                     RULE.c.host_uuid == spec.host_uuid,

@@ -138,7 +138,7 @@ _retries = 0
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (a driver error, wrapped or not) is a deadlock or serialization failure."""
     if isinstance(exc, DatabaseError):
-        return bool(getattr(exc, "transient", False))
+        return exc.transient
     orig = getattr(exc, "orig", None)
     if orig is None:
         return False
@@ -160,14 +160,14 @@ def translate_errors(engine: Engine) -> Iterator[None]:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         err = DatabaseError(redacted(engine.url), _short(exc, engine.url.password))
-        err.transient = is_transient(exc)  # type: ignore[attr-defined]
+        err.transient = is_transient(exc)
         raise err from exc
     except sa.exc.DBAPIError as exc:
         # Some drivers report deadlocks as other DBAPI classes; everything else is not ours to translate.
         if not is_transient(exc):
             raise
         err = DatabaseError(redacted(engine.url), _short(exc, engine.url.password))
-        err.transient = True  # type: ignore[attr-defined]
+        err.transient = True
         raise err from exc
 
 
