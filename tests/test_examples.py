@@ -68,7 +68,7 @@ def test_taskflow_boot_vm_happy_path(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.slow
 def test_celery_app(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Celery recipe: start a worker on examples/celery_app.py, submit an attach with main()."""
-    from integrations.test_celery import Worker, worker_env
+    from tests.integrations.test_celery import Worker, worker_env
 
     env = worker_env(tmp_path)
     for key in ("EIPFLOW_CELERY_BROKER", "EIPFLOW_CELERY_QUEUE"):

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from eipflow import AttachFailed, Eipflow, IllegalTransition, InMemoryDataplane, OperationIdReused
 from eipflow.invariants import check
+from tests._support import Call
 
 VIP = "203.0.113.20"
-
-
-class Call(threading.Thread):
-    """Run a call in a thread and keep its outcome (result or exception)."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self.error = exc
-
-    def outcome(self) -> Any:
-        self.join(timeout=60)
-        assert not self.is_alive(), "call did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def _attach(flow: Eipflow, uuid: str, op_id: str, *, ip: str = "10.0.0.5") -> Any:
