@@ -27,7 +27,7 @@ from .errors import (
     OperationIdReused,
     WorkItemNotFound,
 )
-from .runner import RetryPolicy, Runner
+from .runner import NotApplicable, RetryPolicy, Runner
 from .store import Operations, Store, create_db_engine, ensure_schema, redacted, resolve_url
 from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 
@@ -329,22 +329,19 @@ class Eipflow:
         # The fact first, then the bindings: an attach racing with us either sees this fact when it
         # proceeds, or has its binding visible to the query below.
         self.store.record_vm(vm, placed, running)
-        touched: list[str] = []
-        for eip in self.store.eips(vm_uuid=vm):
-            try:
-                self.runner.fire(
-                    eip.uuid, event,
-                    lambda row: {} if row.vm_uuid != vm else {"host_uuid": placed},
-                    op_id=op_id, details={"vm": vm, "host": host},
-                )
-            except ConflictError:
-                continue  # unbound meanwhile (detached/deleted): nothing of this VM to release
-            except EipNotFound:
-                continue
-            touched.append(eip.uuid)
+        def placement(row: Eip) -> dict[str, Any]:
+            if row.vm_uuid != vm:
+                raise NotApplicable(row.uuid)  # rebound to another VM since we listed it
+            return {"host_uuid": placed}
+
+        fired = self.runner.fire_many(
+            self.store.eips(vm_uuid=vm), event, placement, op_id=op_id, details={"vm": vm, "host": host}
+        )
+        if not wait:
+            return fired  # the rows as written: no read-back per EIP
         results = []
-        for uuid in touched:
-            row = self.runner.drive(uuid) if wait else self.store.get(uuid)
+        for eip in fired:
+            row = self.runner.drive(eip.uuid)
             if row is not None:
                 results.append(row)
         return results

@@ -27,20 +27,24 @@ from typing import Any
 import structlog
 
 from .backends.base import Backend
-from .errors import BackendError, BackendTimeout, EipNotFound, VersionConflict
+from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, VersionConflict
 from .faultpoints import crash_point
 from .machine import Facts
 from .store import LeaseLost, NewWork, PlannedTransition, Store
 from .table import resolve
 from .values import Eip, EipSpec, WorkItem
 
-__all__ = ["RetryPolicy", "Runner", "default_owner"]
+__all__ = ["NotApplicable", "RetryPolicy", "Runner", "default_owner"]
 
 log = structlog.get_logger("eipflow.runner")
 
 MAX_CAS_ATTEMPTS = 50
 _FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")
 _SPEC_KEYS = ("vip", "vm_nic_uuid", "guest_ip", "host_uuid", "applied_host")
+
+
+class NotApplicable(Exception):
+    """Raised by a ``changes`` callable: this (reloaded) row is no longer one the intent is about."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,52 @@ class Runner:
             if result is not None:
                 return result
         raise VersionConflict(uuid, eip.version if eip else 0, MAX_CAS_ATTEMPTS)
+
+    def fire_many(
+        self,
+        rows: list[Eip],
+        event: str,
+        changes: Callable[[Eip], Mapping[str, Any]],
+        *,
+        actor: str | None = None,
+        op_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> list[Eip]:
+        """Send one intent to many EIPs (a VM's), batched: one transaction, a handful of statements.
+
+        Rows the event does not apply to (illegal in their state) are skipped. If any row moved since it
+        was read, the batch is rolled back and each row goes through :meth:`fire` (reload, decide again).
+        """
+        started = time.perf_counter()
+        plans = []
+        for eip in rows:
+            try:
+                plans.append(self._plan(eip, event, changes(eip), actor=actor, op_id=op_id, details=details))
+            except (IllegalTransition, NotApplicable):
+                continue
+        written = self.store.commit_many(plans) if len(plans) > 1 else None
+        if written is None:
+            out = []
+            for plan in plans:
+                try:
+                    out.append(self.fire(plan.eip.uuid, event, changes, actor=actor, op_id=op_id, details=details))
+                except (IllegalTransition, EipNotFound, NotApplicable):
+                    continue  # moved on meanwhile (detached, deleted, rebound): nothing of this intent applies
+            return out
+        for plan, result in zip(plans, written, strict=True):
+            log.info(
+                "transition.applied",
+                eip_uuid=result.uuid,
+                trigger=event,
+                state_from=plan.eip.state,
+                state_to=plan.target,
+                version=result.version,
+                actor=plan.actor,
+                op_id=op_id,
+                batch=len(plans),
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        return written
 
     # -- work ----------------------------------------------------------------------------------
     def drive(self, uuid: str, *, max_steps: int = 64) -> Eip | None:
