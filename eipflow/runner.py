@@ -178,6 +178,11 @@ class Runner:
                 "transition.conflict", eip_uuid=plan.eip.uuid, trigger=plan.event, version=plan.eip.version
             )
             return None
+        self._log_transition(plan, result, started)
+        return result
+
+    @staticmethod
+    def _log_transition(plan: PlannedTransition, result: Eip, started: float, **extra: Any) -> None:
         log.info(
             "transition.applied",
             eip_uuid=result.uuid,
@@ -188,8 +193,8 @@ class Runner:
             actor=plan.actor,
             op_id=plan.op_id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            **extra,
         )
-        return result
 
     # -- intents -------------------------------------------------------------------------------
     def fire(
@@ -204,17 +209,20 @@ class Runner:
     ) -> Eip:
         """Send an intent event to one EIP, retrying lost compare-and-swaps against fresh rows."""
         started = time.perf_counter()
-        eip: Eip | None = None
-        for _ in range(MAX_CAS_ATTEMPTS):
-            eip = self.store.get(uuid)
-            if eip is None:
-                raise EipNotFound(uuid)
+
+        def decide(eip: Eip) -> PlannedTransition:
             payload = changes(eip) if callable(changes) else (changes or {})
-            plan = self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
-            result = self._commit(plan, started)
-            if result is not None:
+            return self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
+
+        for _ in range(MAX_CAS_ATTEMPTS):
+            done = self.store.transition(uuid, decide)
+            if done is not None:
+                result, plan = done
+                self._log_transition(plan, result, started)
                 return result
-        raise VersionConflict(uuid, eip.version if eip else 0, MAX_CAS_ATTEMPTS)
+            self.conflicts += 1
+            log.debug("transition.conflict", eip_uuid=uuid, trigger=event)
+        raise VersionConflict(uuid, 0, MAX_CAS_ATTEMPTS)
 
     def fire_many(
         self,
@@ -248,18 +256,7 @@ class Runner:
                     continue  # moved on meanwhile (detached, deleted, rebound): nothing of this intent applies
             return out
         for plan, result in zip(plans, written, strict=True):
-            log.info(
-                "transition.applied",
-                eip_uuid=result.uuid,
-                trigger=event,
-                state_from=plan.eip.state,
-                state_to=plan.target,
-                version=result.version,
-                actor=plan.actor,
-                op_id=op_id,
-                batch=len(plans),
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            self._log_transition(plan, result, started, batch=len(plans))
         return written
 
     # -- work ----------------------------------------------------------------------------------

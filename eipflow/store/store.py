@@ -10,7 +10,8 @@ again. Nothing here calls a backend, and no transaction outlives a method call.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from ..clock import Clock, SystemClock
 from ..errors import EipNotFound, GuestIpInUse, VipInUse
 from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
+from .fastpath import FastPath, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
@@ -36,6 +38,14 @@ _EIP_COLS = [c.name for c in EIP.columns]
 if tuple(_EIP_COLS) != tuple(Eip.__dataclass_fields__):  # _eip() builds an Eip positionally from a row
     raise ImportError("eipflow.values.Eip's fields must follow the eip table's columns, in order")
 _WORK_COLS = [c.name for c in WORK.columns]
+
+
+def _fast_path_enabled(engine: Engine) -> bool:
+    if os.environ.get("EIPFLOW_FASTPATH", "1") == "0":
+        return False  # escape hatch, and the A/B switch of benchmarks/bench_transition.py
+    return (engine.dialect.name, engine.dialect.driver) in {
+        ("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql"),
+    }
 
 
 class _CasLost(Exception):
@@ -131,6 +141,7 @@ class Store:
         self._update_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
         self._delete_cache: dict[tuple[str, ...], Any] = {}
         self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
+        self._fast = FastPath(engine) if _fast_path_enabled(engine) else None
         self._insert_history = HISTORY.insert()
         self._insert_work = WORK.insert()
         # Statements built once: building a Core statement and its cache key per call costs more
@@ -164,6 +175,11 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, uuid: str) -> Eip | None:
+        if self._fast is not None:
+            try:
+                return self._fast.get(uuid)
+            except Unsupported:
+                pass  # the Core path below translates the error
         with translate_errors(self.engine), self._read() as conn:
             row = conn.execute(self._select_eip, {"u": uuid}).first()
         return _eip(row) if row is not None else None
@@ -293,6 +309,29 @@ class Store:
         except sa.exc.IntegrityError:
             raise VipInUse(vip) from None
         return Eip(**values)  # type: ignore[arg-type]
+
+    def transition(
+        self, uuid: str, decide: Callable[[Eip], PlannedTransition]
+    ) -> tuple[Eip, PlannedTransition] | None:
+        """Read the row and compare-and-swap the transition ``decide`` plans for it, in one transaction.
+
+        The hot path of every intent. Returns ``(row as written, plan)``, or ``None`` when the
+        compare-and-swap lost (reload and decide again). Whatever ``decide`` raises propagates and
+        nothing is written.
+
+        Raises:
+            EipNotFound: no row with that uuid.
+            GuestIpInUse: the plan binds a guest IP that already carries another EIP.
+        """
+        if self._fast is not None:
+            try:
+                return self._fast.transition(uuid, decide, self.clock.now())
+            except Unsupported:
+                pass  # redo it on the Core path, which translates errors and retries deadlocks
+        eip = self.require(uuid)
+        plan = decide(eip)
+        written = self.commit(plan)
+        return (written, plan) if written is not None else None
 
     def _update_stmt(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> Any:
         key = (set_cols, pred_cols)
