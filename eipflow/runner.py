@@ -32,7 +32,7 @@ from .faultpoints import crash_point
 from .machine import Facts
 from .store import LeaseLost, NewWork, PlannedTransition, Store
 from .table import resolve
-from .values import Eip, EipSpec, WorkItem
+from .values import Eip, EipSpec, Vm, WorkItem
 
 __all__ = ["NotApplicable", "RetryPolicy", "Runner", "default_owner"]
 
@@ -210,7 +210,7 @@ class Runner:
         """Send an intent event to one EIP, retrying lost compare-and-swaps against fresh rows."""
         started = time.perf_counter()
 
-        def decide(eip: Eip) -> PlannedTransition:
+        def decide(eip: Eip, _vm: Vm | None) -> PlannedTransition:
             payload = changes(eip) if callable(changes) else (changes or {})
             return self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
 
@@ -345,22 +345,21 @@ class Runner:
         started = time.perf_counter()
         if spec is not None and item.spec is None:
             item = _with_spec(item, spec)
-        for _ in range(MAX_CAS_ATTEMPTS):
-            eip = self.store.get(item.eip_uuid)
-            if eip is None or eip.work_id != item.id:
-                return None
+        retry_update: dict[str, Any] | None = None
+
+        def decide(eip: Eip, vm: Vm | None) -> PlannedTransition:
+            nonlocal retry_update
+            retry_update = None
+            if eip.work_id != item.id:
+                raise _Fenced
             if (
                 event == "revoke_ok"
                 and eip.state == "rolling_back"
                 and item.spec is not None
                 and (eip.vm_nic_uuid, eip.guest_ip) != (item.spec.vm_nic_uuid, item.spec.guest_ip)
             ):
-                # Somebody else owns the binding now: revoke our own rule only, never their binding.
-                log.warning("rollback.skipped", eip_uuid=eip.uuid, work_id=item.id)
-                self.store.set_work_status(item.id, self.owner, "done")
-                return None
-            changes: dict[str, Any] = self._vm_facts(eip)
-            retry_update: dict[str, Any] | None = None
+                raise _NotOurBinding
+            changes: dict[str, Any] = _placement(eip, vm)
             details: dict[str, Any] = {"work_id": item.id, "attempt": item.attempts}
             if spec is not None:
                 details["host_uuid"] = spec.host_uuid
@@ -372,16 +371,28 @@ class Runner:
                     details["retry"] = retry_update["status"]
                     if retry_update["status"] == "parked":
                         changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
+            plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
+            crash_point("before_complete", event)
+            return plan
+
+        for _ in range(MAX_CAS_ATTEMPTS):
             try:
-                plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
-                crash_point("before_complete", event)
-                result = self._commit(plan, started)
-            except LeaseLost:
+                done = self.store.transition(item.eip_uuid, decide, with_vm=True)
+            except (_Fenced, EipNotFound, LeaseLost):
                 return None
-            if result is not None:
-                if retry_update is not None:
-                    log.info("work.rescheduled", work_id=item.id, eip_uuid=eip.uuid, **_jsonable(retry_update))
-                return result
+            except _NotOurBinding:
+                # Somebody else owns the binding now: revoke our own rule only, never their binding.
+                log.warning("rollback.skipped", eip_uuid=item.eip_uuid, work_id=item.id)
+                self.store.set_work_status(item.id, self.owner, "done")
+                return None
+            if done is None:
+                self.conflicts += 1
+                continue
+            result, plan = done
+            self._log_transition(plan, result, started)
+            if retry_update is not None:
+                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
+            return result
         raise VersionConflict(item.eip_uuid, 0, MAX_CAS_ATTEMPTS)
 
     def _would_stay(self, eip: Eip, event: str, changes: Mapping[str, Any]) -> bool:
@@ -399,16 +410,6 @@ class Runner:
             "lease_expires_at": None,
             "last_error": str(error),
         }
-
-    def _vm_facts(self, eip: Eip) -> dict[str, Any]:
-        """The VM's latest recorded placement wins over the row's copy (the release paths' ordering)."""
-        if eip.vm_uuid is None:
-            return {}
-        vm = self.store.vm(eip.vm_uuid)
-        if vm is None:
-            return {}
-        host = vm.host_uuid if vm.running else None
-        return {} if host == eip.host_uuid else {"host_uuid": host}
 
     def _orphaned_apply(self, item: WorkItem, spec: EipSpec) -> None:
         """We applied, then lost the EIP to someone else: revoke ours unless the row wants it realized."""
@@ -433,6 +434,22 @@ class Runner:
             return
         update = self._reschedule(item, error)
         self.store.set_work_status(item.id, self.owner, update["status"], error=str(error), due_at=update.get("due_at"))
+
+
+class _Fenced(Exception):
+    """Internal: the row's work item is not ours any more."""
+
+
+class _NotOurBinding(Exception):
+    """Internal: a rollback found somebody else's binding on the row."""
+
+
+def _placement(eip: Eip, vm: Vm | None) -> dict[str, Any]:
+    """The VM's latest recorded placement wins over the row's copy (the release paths' ordering)."""
+    if vm is None:
+        return {}
+    host = vm.host_uuid if vm.running else None
+    return {} if host == eip.host_uuid else {"host_uuid": host}
 
 
 def _realizes(eip: Eip, spec: EipSpec) -> bool:

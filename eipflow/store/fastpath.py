@@ -19,17 +19,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..errors import EipNotFound
-from ..values import Eip
-from .schema import EipRow, TransitionRow, UTCDateTime, WorkRow
+from ..values import Eip, Vm
+from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
 
-__all__ = ["FastPath", "Unsupported"]
+__all__ = ["FastPath", "LeaseLost", "Unsupported"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
+VM = VmRow.__table__  # type: ignore[attr-defined]
 _EIP_COLS = tuple(c.name for c in EIP.columns)
 _DT_COLS = frozenset(c.name for c in EIP.columns if isinstance(c.type, UTCDateTime))
 _SQLITE_DT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format: both paths agree
+
+
+class LeaseLost(Exception):
+    """Internal: the work item is no longer ours (its lease expired and another worker took it)."""
 
 
 class Unsupported(Exception):
@@ -39,16 +44,21 @@ class Unsupported(Exception):
 class _Sql:
     """One Core statement compiled for a dialect: the SQL text and how to lay out its parameters."""
 
-    __slots__ = ("names", "positional", "text")
+    __slots__ = ("literals", "names", "positional", "text")
 
     def __init__(self, stmt: Any, dialect: Any) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.text: str = compiled.string
         self.positional: bool = bool(compiled.positional)
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # Literal values in the statement (``status == "running"``) are bound parameters too.
+        self.literals: dict[str, Any] = {
+            name: bind.value for name, bind in compiled.binds.items() if not bind.required and bind.value is not None
+        }
 
     def params(self, values: Mapping[str, Any]) -> Any:
-        return tuple(values[n] for n in self.names) if self.positional else dict(values)
+        merged = {**self.literals, **values} if self.literals else values
+        return tuple(merged[n] for n in self.names) if self.positional else dict(merged)
 
 
 class FastPath:
@@ -71,6 +81,9 @@ class FastPath:
         if dialect.name == "postgresql":
             work_insert = work_insert.returning(WORK.c.id)
         self._work = _Sql(work_insert, dialect)
+        self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
+            VM.c.uuid == sa.bindparam("u")), dialect)
+        self._work_updates: dict[tuple[str, ...], _Sql] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], _Sql] = {}
         self._deletes: dict[tuple[str, ...], _Sql] = {}
 
@@ -103,6 +116,18 @@ class FastPath:
             sql = self._updates[key] = _Sql(stmt, self.dialect)
         return sql
 
+    def _work_update(self, set_cols: tuple[str, ...]) -> _Sql:
+        sql = self._work_updates.get(set_cols)
+        if sql is None:
+            stmt = (
+                WORK.update()
+                .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
+                       WORK.c.status == "running")
+                .values({c: sa.bindparam(f"s_{c}") for c in set_cols})
+            )
+            sql = self._work_updates[set_cols] = _Sql(stmt, self.dialect)
+        return sql
+
     def _delete(self, pred_cols: tuple[str, ...]) -> _Sql:
         sql = self._deletes.get(pred_cols)
         if sql is None:
@@ -129,7 +154,7 @@ class FastPath:
         return self._eip(row) if row is not None else None
 
     def transition(
-        self, uuid: str, decide: Callable[[Eip], Any], now: datetime
+        self, uuid: str, decide: Callable[[Eip, Vm | None], Any], now: datetime, *, with_vm: bool = False
     ) -> tuple[Eip, Any] | None:
         """Read the row, let ``decide`` plan the transition, write it — one transaction.
 
@@ -152,15 +177,19 @@ class FastPath:
                 dbapi.rollback()
                 raise EipNotFound(uuid)
             eip = self._eip(row)
+            vm = None
+            if with_vm and eip.vm_uuid is not None:
+                cur.execute(self._vm.text, self._vm.params({"u": eip.vm_uuid}))
+                found = cur.fetchone()
+                if found is not None:
+                    at = datetime.fromisoformat(found[3]) if isinstance(found[3], str) else found[3]
+                    vm = Vm(found[0], found[1], bool(found[2]), at.replace(tzinfo=UTC))
             try:
-                plan = decide(eip)
+                plan = decide(eip, vm)
+                written = self._write(cur, eip, plan, now)
             except BaseException:
                 dbapi.rollback()
                 raise
-            if plan.finish_work is not None or plan.update_work is not None:
-                dbapi.rollback()
-                raise Unsupported
-            written = self._write(cur, eip, plan, now)
             if written is None:
                 dbapi.rollback()
                 return None
@@ -181,6 +210,19 @@ class FastPath:
     def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime) -> Eip | None:
         changes = dict(plan.changes)
         version = eip.version + 1
+        work_changes: list[tuple[int, str, Mapping[str, Any]]] = []
+        if plan.finish_work is not None:
+            work_id, owner = plan.finish_work
+            work_changes.append((work_id, owner, {"status": "done", "lease_owner": None, "lease_expires_at": None}))
+        if plan.update_work is not None:
+            work_changes.append(plan.update_work)
+        for work_id, owner, values in work_changes:
+            values = {**values, "updated_at": now}
+            sql = self._work_update(tuple(sorted(values)))
+            bound = {"w_id": work_id, "w_owner": owner, **{f"s_{c}": self._out(v) for c, v in values.items()}}
+            cur.execute(sql.text, sql.params(bound))
+            if cur.rowcount != 1:
+                raise LeaseLost(work_id)
         if plan.new_work is not None:
             work = plan.new_work
             values = {

@@ -23,7 +23,7 @@ from ..clock import Clock, SystemClock
 from ..errors import EipNotFound, GuestIpInUse, VipInUse
 from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
-from .fastpath import FastPath, Unsupported
+from .fastpath import FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
@@ -50,10 +50,6 @@ def _fast_path_enabled(engine: Engine) -> bool:
 
 class _CasLost(Exception):
     """Internal: the compare-and-swap matched no row; unwinds the transaction."""
-
-
-class LeaseLost(Exception):
-    """Internal: the work item is no longer ours (its lease expired and another worker took it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,25 +307,27 @@ class Store:
         return Eip(**values)  # type: ignore[arg-type]
 
     def transition(
-        self, uuid: str, decide: Callable[[Eip], PlannedTransition]
+        self, uuid: str, decide: Callable[[Eip, Vm | None], PlannedTransition], *, with_vm: bool = False
     ) -> tuple[Eip, PlannedTransition] | None:
         """Read the row and compare-and-swap the transition ``decide`` plans for it, in one transaction.
 
-        The hot path of every intent. Returns ``(row as written, plan)``, or ``None`` when the
+        The hot path of every intent and completion. ``decide`` gets the row and, with ``with_vm``, the
+        bound VM's recorded facts read in the same transaction. Returns ``(row as written, plan)``, or ``None`` when the
         compare-and-swap lost (reload and decide again). Whatever ``decide`` raises propagates and
         nothing is written.
 
         Raises:
             EipNotFound: no row with that uuid.
             GuestIpInUse: the plan binds a guest IP that already carries another EIP.
+            LeaseLost: the plan completes a work item this owner no longer holds.
         """
         if self._fast is not None:
             try:
-                return self._fast.transition(uuid, decide, self.clock.now())
+                return self._fast.transition(uuid, decide, self.clock.now(), with_vm=with_vm)
             except Unsupported:
                 pass  # redo it on the Core path, which translates errors and retries deadlocks
         eip = self.require(uuid)
-        plan = decide(eip)
+        plan = decide(eip, self.vm(eip.vm_uuid) if with_vm and eip.vm_uuid else None)
         written = self.commit(plan)
         return (written, plan) if written is not None else None
 
