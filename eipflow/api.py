@@ -262,7 +262,7 @@ class Eipflow:
         }
         details = {"nic": nic, "guest_ip": guest_ip, "vm": vm, "host": host}
         # A retried operation whose first caller died after persisting the binding resumes its own attach.
-        mine = [r for r in self.store.history(uuid) if op_id is not None and r.event == "attach" and r.op_id == op_id]
+        mine = [r for r in self.store.history(uuid) if r.event == "attach" and r.op_id == op_id] if op_id else []
         if mine:
             version = mine[-1].version
             eip = self.store.require(uuid)
@@ -272,7 +272,7 @@ class Eipflow:
         if not wait:
             return eip
         final = self.runner.drive(uuid)
-        if any(r.to_state == "rolling_back" for r in self.store.history(uuid) if r.version > version):
+        if self.store.reached_since(uuid, "rolling_back", version):
             last = final or _deleted(eip)
             raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)
         if final is None or (final.vm_nic_uuid, final.guest_ip) != (nic, guest_ip):

@@ -215,6 +215,14 @@ class Store:
         with translate_errors(self.engine), self._read() as conn:
             return [_record(r) for r in conn.execute(self._select_history, {"u": uuid})]
 
+    def reached_since(self, uuid: str, state: str, version: int) -> bool:
+        """Whether the EIP entered ``state`` after ``version`` (one indexed lookup, not the whole history)."""
+        stmt = sa.select(HISTORY.c.id).where(
+            HISTORY.c.eip_uuid == uuid, HISTORY.c.version > version, HISTORY.c.to_state == state
+        ).limit(1)
+        with translate_errors(self.engine), self._read() as conn:
+            return conn.execute(stmt).first() is not None
+
     def all_history(self) -> list[TransitionRecord]:
         stmt = sa.select(HISTORY).order_by(HISTORY.c.eip_uuid, HISTORY.c.version)
         with translate_errors(self.engine), self._read() as conn:
