@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+
+PG_ENV = "EIPFLOW_TEST_POSTGRES_URL"
+MARIADB_ENV = "EIPFLOW_TEST_MARIADB_URL"
 
 
 class Call(threading.Thread):
@@ -29,3 +38,51 @@ class Call(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def _fresh_postgres(base: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    url = sa.engine.make_url(base).update_query_dict({"options": f"-csearch_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        admin.dispose()
+
+
+def _fresh_mariadb(base: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    url = sa.engine.make_url(base).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+def skip_reason(kind: str) -> str | None:
+    """Why a database kind cannot be tested here (its URL variable is unset), or ``None``."""
+    if kind == "postgres" and not os.environ.get(PG_ENV):
+        return f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+    if kind == "mariadb" and not os.environ.get(MARIADB_ENV):
+        return f"MariaDB tests need {MARIADB_ENV} (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
+    return None
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_dir: Path) -> Iterator[str]:
+    """A fresh, empty database of ``kind`` (sqlite, postgres, mariadb), dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_dir / f'eipflow-{uuid.uuid4().hex[:8]}.db'}"
+    elif kind == "postgres":
+        yield from _fresh_postgres(os.environ[PG_ENV])
+    else:
+        yield from _fresh_mariadb(os.environ[MARIADB_ENV])

@@ -7,20 +7,15 @@ or database (MariaDB) that is dropped afterwards, so runs never see each other's
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import structlog
 
 from eipflow import Eipflow, InMemoryDataplane
-
-PG_ENV = "EIPFLOW_TEST_POSTGRES_URL"
-MARIADB_ENV = "EIPFLOW_TEST_MARIADB_URL"
+from tests._support import fresh_database, skip_reason
 
 
 def _drop(_logger: object, _name: str, _event: object) -> object:
@@ -52,34 +47,6 @@ def _no_leaked_threads() -> Iterator[None]:
     assert not still, f"test leaked threads: {still}"
 
 
-def _fresh_postgres(base: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
-    url = sa.engine.make_url(base).update_query_dict({"options": f"-csearch_path={name}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        admin.dispose()
-
-
-def _fresh_mariadb(base: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
-    url = sa.engine.make_url(base).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
-
-
 def _db_params() -> list[object]:
     return [
         pytest.param("sqlite", id="sqlite"),
@@ -91,19 +58,11 @@ def _db_params() -> list[object]:
 @pytest.fixture(params=_db_params())
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL on each configured database kind."""
-    kind = request.param
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'eipflow.db'}"
-    elif kind == "postgres":
-        base = os.environ.get(PG_ENV)
-        if not base:
-            pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-        yield from _fresh_postgres(base)
-    else:
-        base = os.environ.get(MARIADB_ENV)
-        if not base:
-            pytest.skip(f"MariaDB tests need {MARIADB_ENV} (e.g. mysql+pymysql://root@127.0.0.1:3306/test)")
-        yield from _fresh_mariadb(base)
+    reason = skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -124,7 +124,7 @@ def test_demo_replays_the_seed_race(capsys: pytest.CaptureFixture[str], tmp_path
     assert ("vm_stopped", "applying") in events and events[-1] == ("revoke_ok", "released")
 
 
-# -- separate processes on one SQLite file ------------------------------------------------------------
+# -- separate processes on one database (every configured kind) ------------------------------------
 
 
 def cli(db: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -179,74 +179,74 @@ ATTACH = ("--nic", "nic-1", "--guest-ip", "10.0.0.5", "--vm", "vm-1", "--host", 
 
 
 @pytest.mark.slow
-def test_processes_vm_stop_during_blocked_attach(sqlite_url: str, gate: PipeGate) -> None:
-    uuid = _created(sqlite_url)
-    attach = cli_start(sqlite_url, "attach", uuid, *ATTACH, env=gate.env)
+def test_processes_vm_stop_during_blocked_attach(db_url: str, gate: PipeGate) -> None:
+    uuid = _created(db_url)
+    attach = cli_start(db_url, "attach", uuid, *ATTACH, env=gate.env)
     gate.wait_entered()
-    mid = _json(cli(sqlite_url, "eip", "show", uuid))
+    mid = _json(cli(db_url, "eip", "show", uuid))
     assert (mid["state"], mid["vm_nic_uuid"], mid["guest_ip"]) == ("applying", "nic-1", "10.0.0.5")
-    stopped = _json(cli(sqlite_url, "vm", "stop", "vm-1"))  # returns while the apply is still blocked
+    stopped = _json(cli(db_url, "vm", "stop", "vm-1"))  # returns while the apply is still blocked
     assert [(e["state"], e["host_uuid"]) for e in stopped] == [("applying", None)]
     gate.release()
     out, err = attach.communicate(timeout=120)
     assert attach.returncode == 0, err
     assert json.loads(out)["state"] == "released"
-    final = _json(cli(sqlite_url, "eip", "show", uuid))
+    final = _json(cli(db_url, "eip", "show", uuid))
     assert (final["state"], final["vm_nic_uuid"], final["guest_ip"]) == ("released", "nic-1", "10.0.0.5")
-    assert _json(cli(sqlite_url, "dataplane", "list")) == []
+    assert _json(cli(db_url, "dataplane", "list")) == []
 
 
 @pytest.mark.slow
-def test_processes_two_attaches_one_wins(sqlite_url: str, gate: PipeGate) -> None:
-    uuid = _created(sqlite_url)
-    first = cli_start(sqlite_url, "attach", uuid, *ATTACH, env=gate.env)
+def test_processes_two_attaches_one_wins(db_url: str, gate: PipeGate) -> None:
+    uuid = _created(db_url)
+    first = cli_start(db_url, "attach", uuid, *ATTACH, env=gate.env)
     gate.wait_entered()
-    second = cli(sqlite_url, "attach", uuid, "--nic", "nic-2", "--guest-ip", "10.0.0.6", "--vm", "vm-2", "--host", "h2")
+    second = cli(db_url, "attach", uuid, "--nic", "nic-2", "--guest-ip", "10.0.0.6", "--vm", "vm-2", "--host", "h2")
     assert second.returncode == 4 and "cannot attach" in second.stderr
     gate.release()
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    rules = _json(cli(sqlite_url, "dataplane", "list"))
+    rules = _json(cli(db_url, "dataplane", "list"))
     assert [(r["host_uuid"], r["guest_ip"]) for r in rules] == [("h1", "10.0.0.5")]
-    history = _json(cli(sqlite_url, "eip", "history", uuid))
+    history = _json(cli(db_url, "eip", "history", uuid))
     assert [h["event"] for h in history].count("attach") == 1
 
 
 @pytest.mark.slow
-def test_processes_migrate_and_detach_during_blocked_attach(sqlite_url: str, gate: PipeGate, tmp_path: Path) -> None:
-    uuid = _created(sqlite_url)
-    attach = cli_start(sqlite_url, "attach", uuid, *ATTACH, env=gate.env)
+def test_processes_migrate_and_detach_during_blocked_attach(db_url: str, gate: PipeGate, tmp_path: Path) -> None:
+    uuid = _created(db_url)
+    attach = cli_start(db_url, "attach", uuid, *ATTACH, env=gate.env)
     gate.wait_entered()
-    _json(cli(sqlite_url, "vm", "migrate", "vm-1", "--to", "h2"))
+    _json(cli(db_url, "vm", "migrate", "vm-1", "--to", "h2"))
     gate.release()
     gate.wait_entered()  # the same process now applies on h2 (after revoking h1): let it through too
     gate.release()
     out, err = attach.communicate(timeout=120)
     assert attach.returncode == 0, err
     assert (json.loads(out)["state"], json.loads(out)["applied_host"]) == ("attached", "h2")
-    assert [r["host_uuid"] for r in _json(cli(sqlite_url, "dataplane", "list"))] == ["h2"]
+    assert [r["host_uuid"] for r in _json(cli(db_url, "dataplane", "list"))] == ["h2"]
 
     # Detach while a re-apply (VM start) is blocked: ends detached with no rule anywhere.
-    _json(cli(sqlite_url, "vm", "stop", "vm-1"))
+    _json(cli(db_url, "vm", "stop", "vm-1"))
     (tmp_path / "gate2").mkdir()
     gate2 = PipeGate(tmp_path / "gate2")
-    start = cli_start(sqlite_url, "vm", "start", "vm-1", "--host", "h3", env=gate2.env)
+    start = cli_start(db_url, "vm", "start", "vm-1", "--host", "h3", env=gate2.env)
     gate2.wait_entered()
-    recorded = _json(cli(sqlite_url, "detach", uuid))
+    recorded = _json(cli(db_url, "detach", uuid))
     assert (recorded["state"], recorded["desired"]) == ("applying", "detached")
     gate2.release()
     _, err = start.communicate(timeout=120)
     assert start.returncode == 0, err
-    final = _json(cli(sqlite_url, "eip", "show", uuid))
+    final = _json(cli(db_url, "eip", "show", uuid))
     assert (final["state"], final["vm_nic_uuid"]) == ("detached", None)
-    assert _json(cli(sqlite_url, "dataplane", "list")) == []
+    assert _json(cli(db_url, "dataplane", "list")) == []
 
 
 @pytest.mark.slow
-def test_processes_failed_attach_rolls_back(sqlite_url: str) -> None:
-    uuid = _created(sqlite_url)
-    failed = cli(sqlite_url, "attach", uuid, *ATTACH, env={"EIPFLOW_SIM_FAIL": "apply"})
+def test_processes_failed_attach_rolls_back(db_url: str) -> None:
+    uuid = _created(db_url)
+    failed = cli(db_url, "attach", uuid, *ATTACH, env={"EIPFLOW_SIM_FAIL": "apply"})
     assert failed.returncode == 5 and failed.stdout == ""
-    shown = _json(cli(sqlite_url, "eip", "show", uuid))
+    shown = _json(cli(db_url, "eip", "show", uuid))
     assert (shown["state"], shown["guest_ip"]) == ("detached", None)
-    assert _json(cli(sqlite_url, "dataplane", "list")) == []
+    assert _json(cli(db_url, "dataplane", "list")) == []

@@ -12,8 +12,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
@@ -21,6 +24,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 from eipflow import Eipflow, EipflowError, InMemoryDataplane, ManualClock, RetryPolicy
 from eipflow.invariants import check
 from eipflow.values import EipSpec
+from tests._support import fresh_database, skip_reason
 
 VMS = ["vm-1", "vm-2", "vm-3"]
 HOSTS = ["h1", "h2"]
@@ -54,14 +58,17 @@ class ReentrantDataplane(InMemoryDataplane):
 
 class EipLifecycle(RuleBasedStateMachine):
     eips = Bundle("eips")
+    kind = "sqlite"  # subclasses below run the same machine on PostgreSQL and MariaDB
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="eipflow-hyp-")
+        self.stack = ExitStack()
+        url = self.stack.enter_context(fresh_database(self.kind, Path(self.dir)))
         self.clock = ManualClock()
         self.backend = ReentrantDataplane()
         self.flow = Eipflow.open(
-            f"sqlite:///{self.dir}/t.db", self.backend, clock=self.clock, owner="hyp",
+            url, self.backend, clock=self.clock, owner="hyp",
             retry=RetryPolicy(max_attempts=1000, base_delay_s=1, max_delay_s=5, jitter=0),
         )
         self.n = 0
@@ -73,6 +80,7 @@ class EipLifecycle(RuleBasedStateMachine):
             assert violations == [], "\n".join(map(str, violations))
         finally:
             self.flow.close()
+            self.stack.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _quiesce(self) -> None:
@@ -153,10 +161,31 @@ class EipLifecycle(RuleBasedStateMachine):
         assert violations == [], "\n".join(map(str, violations))
 
 
-TestEipLifecycle = EipLifecycle.TestCase
-TestEipLifecycle.settings = settings(
+SETTINGS = settings(
     max_examples=40,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+TestEipLifecycle = EipLifecycle.TestCase
+TestEipLifecycle.settings = SETTINGS
+
+
+class PostgresLifecycle(EipLifecycle):
+    kind = "postgres"
+
+
+class MariadbLifecycle(EipLifecycle):
+    kind = "mariadb"
+
+
+# Fewer examples on the servers: each example creates (and drops) its own schema or database.
+SERVER_SETTINGS = settings(SETTINGS, max_examples=12)
+TestEipLifecyclePostgres = pytest.mark.postgres(
+    pytest.mark.skipif(bool(skip_reason("postgres")), reason=skip_reason("postgres") or "")(PostgresLifecycle.TestCase)
+)
+TestEipLifecyclePostgres.settings = SERVER_SETTINGS
+TestEipLifecycleMariadb = pytest.mark.mariadb(
+    pytest.mark.skipif(bool(skip_reason("mariadb")), reason=skip_reason("mariadb") or "")(MariadbLifecycle.TestCase)
+)
+TestEipLifecycleMariadb.settings = SERVER_SETTINGS
