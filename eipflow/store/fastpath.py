@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from ..errors import EipNotFound
 from ..values import Eip, Vm
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
+from .statements import eip_cas_delete, eip_cas_update
 
 __all__ = ["FastPath", "LeaseLost", "Unsupported"]
 
@@ -110,10 +111,7 @@ class FastPath:
         key = (set_cols, pred_cols)
         sql = self._updates.get(key)
         if sql is None:
-            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
-            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
-            stmt = EIP.update().where(*where).values({c: sa.bindparam(f"s_{c}") for c in set_cols})
-            sql = self._updates[key] = _Sql(stmt, self.dialect)
+            sql = self._updates[key] = _Sql(eip_cas_update(set_cols, pred_cols), self.dialect)
         return sql
 
     def _work_update(self, set_cols: tuple[str, ...]) -> _Sql:
@@ -131,9 +129,7 @@ class FastPath:
     def _delete(self, pred_cols: tuple[str, ...]) -> _Sql:
         sql = self._deletes.get(pred_cols)
         if sql is None:
-            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
-            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
-            sql = self._deletes[pred_cols] = _Sql(EIP.delete().where(*where), self.dialect)
+            sql = self._deletes[pred_cols] = _Sql(eip_cas_delete(pred_cols), self.dialect)
         return sql
 
     # -- operations ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
+from .statements import eip_cas_delete, eip_cas_update
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
 
@@ -343,19 +344,13 @@ class Store:
         key = (set_cols, pred_cols)
         stmt = self._update_cache.get(key)
         if stmt is None:
-            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
-            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
-            stmt = EIP.update().where(*where).values({c: sa.bindparam(f"s_{c}") for c in set_cols})
-            self._update_cache[key] = stmt
+            stmt = self._update_cache[key] = eip_cas_update(set_cols, pred_cols)
         return stmt
 
     def _delete_stmt(self, pred_cols: tuple[str, ...]) -> Any:
         stmt = self._delete_cache.get(pred_cols)
         if stmt is None:
-            where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
-            where += [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
-            stmt = EIP.delete().where(*where)
-            self._delete_cache[pred_cols] = stmt
+            stmt = self._delete_cache[pred_cols] = eip_cas_delete(pred_cols)
         return stmt
 
     @retry_transient  # a deadlock/serialization failure rolled the whole transition back: run it again
