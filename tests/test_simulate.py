@@ -100,7 +100,7 @@ def test_mix_and_latency_parsing() -> None:
 
 def test_overlapping_calls_are_reported() -> None:
     """The chaos layer records intervals; two calls of one EIP in flight at once are an overlap."""
-    from eipflow.simulate import _overlapping
+    from eipflow.simulate.chaos import _overlapping
 
     assert _overlapping([("a", 0.0, 1.0), ("a", 1.5, 2.0), ("b", 0.5, 1.2)]) == []
     assert _overlapping([("a", 0.0, 1.0), ("a", 0.9, 2.0), ("b", 0.5, 1.2)]) == ["a"]
