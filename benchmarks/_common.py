@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -250,6 +251,66 @@ def server_versions() -> list[str]:
 def workdir() -> str:
     """Where SQLite files go: a real disk (``/tmp`` here; tmpfs would hide the fsync cost)."""
     return tempfile.mkdtemp(prefix="eipflow-bench-")
+
+
+@dataclass
+class Statements:
+    """What one stretch of work sent to SQLite, by first keyword (``BEGIN``, ``SELECT``, ``UPDATE`` …)."""
+
+    #: driver calls: ``cursor.execute`` / ``cursor.executemany`` (an executemany is one call); what
+    #: SQLAlchemy's ``before_cursor_execute`` counted before the fast path existed
+    calls: Counter[str]
+    #: statement executions SQLite ran (its trace callback): an executemany counts once per row, and
+    #: ``COMMIT``/``ROLLBACK`` sent by ``connection.commit()``/``rollback()`` are included
+    executions: Counter[str]
+
+
+def _keyword(sql: str) -> str:
+    return sql.lstrip().split(None, 1)[0].upper()
+
+
+@contextlib.contextmanager
+def sqlite_statements(engine: sa.Engine) -> Iterator[Statements]:
+    """Count the statements of every connection ``engine`` opens inside the block, at the driver.
+
+    Not with SQLAlchemy's ``before_cursor_execute``: the fast path runs on the raw DBAPI connection,
+    which SQLAlchemy's events never see. The pool is emptied first so every connection is a counting one.
+    """
+    import sqlite3
+
+    counts = Statements(Counter(), Counter())
+
+    class CountingCursor(sqlite3.Cursor):
+        def execute(self, sql: str, *args: Any) -> Any:  # type: ignore[override]
+            counts.calls[_keyword(sql)] += 1
+            return super().execute(sql, *args)
+
+        def executemany(self, sql: str, *args: Any) -> Any:  # type: ignore[override]
+            counts.calls[_keyword(sql)] += 1
+            return super().executemany(sql, *args)
+
+    class CountingConnection(sqlite3.Connection):
+        def cursor(self, factory: Any = CountingCursor) -> Any:  # type: ignore[override]
+            return super().cursor(factory)
+
+    def trace(sql: str) -> None:
+        counts.executions[_keyword(sql)] += 1
+
+    def do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["factory"] = CountingConnection
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.set_trace_callback(trace)
+
+    engine.dispose()
+    sa.event.listen(engine, "do_connect", do_connect)
+    sa.event.listen(engine, "connect", on_connect)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "do_connect", do_connect)
+        sa.event.remove(engine, "connect", on_connect)
+        engine.dispose()
 
 
 def partition(items: list[str], workers: int, n: int) -> list[str]:

@@ -5,8 +5,10 @@ one (default 200k rows and 1M history rows; ``--big`` for 1M rows and 3M history
 minutes), same process, interleaved. The ratio big/small must stay near 1 (indexed lookups only).
 
 Part B: one VM holding 10k attached EIPs stops: ``Eipflow.vm_stopped(vm)`` (records the stop and
-releases every EIP: intent, claim, revoke, revoke_ok each). Reported: seconds, SQL statements (counted
-with SQLAlchemy's ``before_cursor_execute``) and statements per EIP.
+releases every EIP: intent, claim, revoke, revoke_ok each). Reported: seconds, and SQL statements
+counted at the driver both as calls (an executemany is one) and as SQLite executions (its trace callback:
+an executemany counts per row; COMMIT included) — SQLAlchemy's ``before_cursor_execute``, used before,
+misses the fast path, which runs on the raw DBAPI connection.
 
 Run: ``python benchmarks/bench_scale.py [--big] [--stop-eips 10000] [--synchronous NORMAL] [--seconds 2]``.
 """
@@ -20,10 +22,8 @@ import time
 from collections import Counter
 from typing import Any
 
-import sqlalchemy as sa
-
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Target, bulk_load, machine, median, open_flow, run_threads, uuids, workdir
+from _common import Target, bulk_load, machine, median, open_flow, run_threads, sqlite_statements, uuids, workdir
 from bench_transition import maker, quiet_logging
 
 
@@ -71,23 +71,19 @@ def part_b(n: int, sync: str, wait: bool) -> str:
     flow = open_flow(t)
     bulk_load(flow.store.engine, n, state="attached", bound=True, vm="vm-big", host="host-1")
     flow.store.record_vm("vm-big", "host-1", running=True)
-    statements: Counter[str] = Counter()
-
-    @sa.event.listens_for(flow.store.engine, "before_cursor_execute")
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements[statement.split(None, 1)[0].upper()] += 1
-
-    started = time.perf_counter()
-    released = flow.vm_stopped("vm-big", wait=wait)
-    ran = 0 if wait else flow.run_due()
-    elapsed = time.perf_counter() - started
+    with sqlite_statements(flow.store.engine) as counting:
+        started = time.perf_counter()
+        released = flow.vm_stopped("vm-big", wait=wait)
+        ran = 0 if wait else flow.run_due()
+        elapsed = time.perf_counter() - started
+        calls, executions = Counter(counting.calls), Counter(counting.executions)  # before the pool empties
     states = Counter(e.state for e in flow.list_eips())
     flow.close()
-    total = sum(statements.values())
+    total, ran_total = sum(calls.values()), sum(executions.values())
     return (f"VM stop releasing {n:,} EIPs (wait={wait}{'' if wait else f', then run_due ran {ran}'}): "
-            f"{elapsed:.1f}s, {total:,} statements ({total / n:.1f} per EIP: {dict(statements)}); "
+            f"{elapsed:.1f}s; {total:,} driver calls ({total / n:.1f} per EIP: {dict(calls)}); "
+            f"{ran_total:,} statement executions in SQLite ({ran_total / n:.1f} per EIP: {dict(executions)}); "
             f"{len(released)} returned; states after: {dict(states)}")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

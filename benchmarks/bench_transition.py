@@ -10,7 +10,10 @@ Variants, measured in the same run, rounds interleaved, median of the rounds:
 - ``raw+read``: the same plus a ``SELECT`` of the row first (what a caller without a cache must do).
 - ``eipflow write``: ``Runner._plan`` + ``Runner._commit`` (legality, plan, ``Store.commit``, log call) on a row
   snapshot the thread already holds — the write path alone.
-- ``eipflow fire``: ``Runner.fire`` — the public intent path: read the row, plan, commit, log.
+- ``eipflow fire``: ``Runner.fire`` — the public intent path: read the row, plan, commit, log (on the
+  driver-level fast path: read and compare-and-swap in one transaction).
+- ``eipflow fire (Core path)``: the same with ``EIPFLOW_FASTPATH=0`` (a second ``Eipflow`` on the same
+  database): SQLAlchemy Core statements, the read and the write in two transactions — the before/after.
 
 Run: ``python benchmarks/bench_transition.py [--db sqlite,postgres,mariadb] [--seconds 2] [--rounds 3]``.
 """
@@ -47,7 +50,8 @@ from _common import (
 )
 
 ROWS = 10_000
-VARIANTS = ("raw", "raw+read", "eipflow write", "eipflow fire")
+VARIANTS = ("raw", "raw+read", "eipflow write", "eipflow fire", "eipflow fire (Core path)")
+CORE = "eipflow fire (Core path)"
 
 
 def quiet_logging() -> None:
@@ -124,7 +128,7 @@ class RawConn:
 
 # -- the variants ------------------------------------------------------------------------------------
 def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
-          opened: list[RawConn]) -> Callable[[int], Callable[[], None]]:
+          opened: list[RawConn], core_flow: Any = None) -> Callable[[int], Callable[[], None]]:
     def make(n: int) -> Callable[[], None]:
         mine = partition(ids, workers, n)
         pos = [0]
@@ -140,7 +144,7 @@ def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
                 versions[u] = raw.transition(u, versions[u], read)
 
             return step
-        runner = flow.runner
+        runner = core_flow.runner if variant == CORE else flow.runner
         if variant == "eipflow write":
             rows = {u: flow.store.get(u) for u in mine}
             changes = {"desired": "detached"}
@@ -167,10 +171,26 @@ def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
     return make
 
 
+def open_core_flow(target: Target) -> Any:
+    """An :class:`eipflow.Eipflow` with the fast path off (the switch is read when its store is built)."""
+    old = os.environ.get("EIPFLOW_FASTPATH")
+    os.environ["EIPFLOW_FASTPATH"] = "0"
+    try:
+        flow = open_flow(target)
+    finally:
+        if old is None:
+            del os.environ["EIPFLOW_FASTPATH"]
+        else:
+            os.environ["EIPFLOW_FASTPATH"] = old
+    assert flow.store._fast is None
+    return flow
+
+
 def measure(target: Target, workers_list: list[int], seconds: float, rounds: int,
             variants: tuple[str, ...] = VARIANTS) -> dict[str, dict[int, float]]:
     with fresh(target) as t:
         flow = open_flow(t)
+        core_flow = open_core_flow(t) if CORE in variants else None
         try:
             ids = uuids(ROWS)
             bulk_load(flow.store.engine, ROWS, state="applying", bound=True, host="host-1")
@@ -179,27 +199,29 @@ def measure(target: Target, workers_list: list[int], seconds: float, rounds: int
                 for w in workers_list:
                     for v in variants:
                         opened: list[RawConn] = []
-                        m = run_threads(w, seconds, maker(v, t, flow, ids, w, opened))
+                        m = run_threads(w, seconds, maker(v, t, flow, ids, w, opened, core_flow))
                         for raw in opened:
                             raw.close()
                         samples[v][w].append(m.rate)
-                        print(f"  {t.label:18} round {r + 1} workers {w:2} {v:14} {m.rate:9.0f}/s", file=sys.stderr)
+                        print(f"  {t.label:18} round {r + 1} workers {w:2} {v:24} {m.rate:9.0f}/s", file=sys.stderr)
             return {v: {w: median(samples[v][w]) for w in workers_list} for v in variants}
         finally:
             flow.close()
+            if core_flow is not None:
+                core_flow.close()
 
 
 def table(results: dict[str, dict[str, dict[int, float]]], workers_list: list[int]) -> str:
     lines = [
-        "| store | writers | raw /s | raw+read /s | eipflow write /s | eipflow fire /s | write / raw | "
-        "fire / raw | fire / raw+read |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store | writers | raw /s | raw+read /s | eipflow write /s | fire (Core) /s | fire /s | write / raw | "
+        "Core / raw | fire / raw | fire / raw+read | fire / Core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, res in results.items():
         for w in workers_list:
-            raw, rr, ew, ef = (res[v][w] for v in VARIANTS)
-            lines.append(f"| {label} | {w} | {raw:,.0f} | {rr:,.0f} | {ew:,.0f} | {ef:,.0f} | "
-                         f"{ew / raw:.2f} | {ef / raw:.2f} | {ef / rr:.2f} |")
+            raw, rr, ew, ef, ec = (res[v][w] for v in VARIANTS)
+            lines.append(f"| {label} | {w} | {raw:,.0f} | {rr:,.0f} | {ew:,.0f} | {ec:,.0f} | {ef:,.0f} | "
+                         f"{ew / raw:.2f} | {ec / raw:.2f} | {ef / raw:.2f} | {ef / rr:.2f} | {ef / ec:.2f} |")
     return "\n".join(lines)
 
 

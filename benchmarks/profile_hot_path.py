@@ -1,8 +1,9 @@
 """Where one transition's time goes: cProfile of ``Runner.fire`` on SQLite, per-call costs in µs.
 
 Run: ``python benchmarks/profile_hot_path.py [--n 3000] [--synchronous NORMAL] [--top 25] [--info-logs]``.
-Prints the cumulative µs per transition of the pieces (store.get, runner._plan, table.resolve,
-store.commit, logging) and the top functions by own time.
+Prints the cumulative µs per transition of the pieces (the fast path's transaction, pool checkout and
+checkin, driver statements, row decoding, runner._plan, table.resolve, logging; Store.get/commit when run
+with ``EIPFLOW_FASTPATH=0``) and the top functions by own time.
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ from _common import Target, bulk_load, open_flow, uuids, workdir
 
 PIECES = {
     "Runner.fire (total)": ("runner.py", "fire"),
-    "Store.get (the read)": ("store.py", "get"),
-    "Runner._plan": ("runner.py", "_plan"),
-    "table.resolve": ("table.py", "resolve"),
-    "Runner._commit (commit + log)": ("runner.py", "_commit"),
-    "Store.commit": ("store.py", "commit"),
+    "Store.transition": ("store.py", "transition"),
+    "FastPath.transition (one transaction)": ("fastpath.py", "transition"),
+    "  pool checkout (raw_connection)": ("engine/base.py", "raw_connection"),
+    "  pool checkin (fairy close)": ("pool/base.py", "_checkin"),
+    "  SQL execute (driver, all statements)": ("~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
+    "  COMMIT (driver)": ("~", "<method 'commit' of 'sqlite3.Connection' objects>"),
+    "  FastPath._eip (row -> Eip)": ("fastpath.py", "_eip"),
+    "  Runner._plan (decide)": ("runner.py", "_plan"),
+    "    table.resolve": ("table.py", "resolve"),
+    "  FastPath._write (params, UPDATE, INSERT)": ("fastpath.py", "_write"),
+    "Runner._log_transition": ("runner.py", "_log_transition"),
     "structlog (filtered info call)": ("_native.py", "_nop"),
+    # the Core path (EIPFLOW_FASTPATH=0): zero on the fast path
+    "Store.get (Core)": ("store.py", "get"),
+    "Store.commit (Core)": ("store.py", "commit"),
 }
 
 
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = stats.stats  # type: ignore[attr-defined]
     for label, (file, func) in PIECES.items():
         total = sum(v[3] for (f, _, fn), v in raw.items() if f.endswith(file) and fn == func)
-        print(f"  {label:34} {total / args.n * 1e6:8.1f}")
+        print(f"  {label:42} {total / args.n * 1e6:8.1f}")
     print(f"\ntop {args.top} by own time:")
     stats.sort_stats("tottime").print_stats(args.top)
     return 0
