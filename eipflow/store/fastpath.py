@@ -206,6 +206,7 @@ class FastPath:
     def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime) -> Eip | None:
         changes = dict(plan.changes)
         version = eip.version + 1
+        now_db = self._out(now)  # formatted once: it is written up to five times
         work_changes: list[tuple[int, str, Mapping[str, Any]]] = []
         if plan.finish_work is not None:
             work_id, owner = plan.finish_work
@@ -224,8 +225,9 @@ class FastPath:
             values = {
                 "eip_uuid": eip.uuid, "action": work.action, "vip": work.vip, "vm_nic_uuid": work.vm_nic_uuid,
                 "guest_ip": work.guest_ip, "host_uuid": work.host_uuid, "status": "pending", "attempts": 0,
-                "due_at": self._out(work.due_at or now), "lease_owner": None, "lease_expires_at": None,
-                "last_error": None, "cleanup": work.cleanup, "created_at": self._out(now), "updated_at": self._out(now),
+                "due_at": self._out(work.due_at) if work.due_at else now_db, "lease_owner": None,
+                "lease_expires_at": None, "last_error": None, "cleanup": work.cleanup, "created_at": now_db,
+                "updated_at": now_db,
             }
             cur.execute(self._work.text, self._work.params(values))
             changes["work_id"] = cur.fetchone()[0] if self.dialect.name == "postgresql" else cur.lastrowid
@@ -234,20 +236,19 @@ class FastPath:
         params.update({f"w_{c}": self._out(v) for c, v in plan.predicates.items()})
         if plan.target == "deleted":
             sql = self._delete(pred_cols)
+            changes.update(state="deleted", version=version, updated_at=now)  # what the caller is told
         else:
             changes.update(state=plan.target, version=version, updated_at=now)
             sql = self._update(tuple(sorted(changes)), pred_cols)
-            params.update({f"s_{c}": self._out(v) for c, v in changes.items()})
+            params.update({f"s_{c}": self._out(v) for c, v in changes.items() if c != "updated_at"})
+            params["s_updated_at"] = now_db
         cur.execute(sql.text, sql.params(params))
         if cur.rowcount != 1:
             return None
         history = {
             "eip_uuid": eip.uuid, "event": plan.event, "from_state": eip.state, "to_state": plan.target,
-            "version": version, "actor": plan.actor, "op_id": plan.op_id, "at": self._out(now),
+            "version": version, "actor": plan.actor, "op_id": plan.op_id, "at": now_db,
             "details": json.dumps(plan.details, sort_keys=True, default=str) if plan.details else None,
         }
         cur.execute(self._history.text, self._history.params(history))
-        merged = {c: getattr(eip, c) for c in _EIP_COLS}
-        merged.update(changes)
-        merged.update(state=plan.target, version=version, updated_at=now)
-        return Eip(**merged)
+        return Eip(*[changes[c] if c in changes else getattr(eip, c) for c in _EIP_COLS])

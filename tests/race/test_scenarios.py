@@ -292,3 +292,12 @@ def test_delete_an_attached_eip_revokes_then_removes_the_row(flow: Eipflow, back
     assert check(flow.store, backend) == []
     # The VIP can be allocated again.
     assert flow.create_eip(VIP).state == "detached"
+
+
+def test_delete_a_detached_eip_reports_deleted_and_keeps_history(flow: Eipflow, backend: InMemoryDataplane) -> None:
+    eip = flow.create_eip(VIP)
+    gone = flow.delete_eip(eip.uuid)
+    assert (gone.state, gone.version) == ("deleted", 2)
+    assert flow.list_eips() == [] and backend.calls == []
+    assert events(flow, eip.uuid) == [("create", "", "detached"), ("delete", "detached", "deleted")]
+    assert check(flow.store, backend) == []
