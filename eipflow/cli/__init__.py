@@ -39,7 +39,7 @@ def cli(
 ) -> None:
     """Attach Elastic IPs safely: persisted, version-checked state machines."""
     setup_logging(verbose, log_format)
-    ctx.obj = State(db_url=db_url, backend=backend, as_json=as_json)
+    ctx.obj = State(db_url=db_url, backend=backend, as_json=as_json, verbose=verbose)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -21,6 +21,7 @@ class State:
     db_url: str | None
     backend: str | None
     as_json: bool
+    verbose: int = 0
     _flow: Eipflow | None = field(default=None, repr=False)
 
     @property
