@@ -14,11 +14,14 @@
     │   ├── VersionConflict
     │   ├── GuestIpInUse
     │   ├── VipInUse
-    │   └── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
+    │   ├── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
+    │   └── StepPending         (retryable: a step's backend work is still in flight elsewhere)
     ├── BackendError            (retryable: bool)
     │   └── BackendTimeout      (outcome unknown: treated as maybe-applied)
     ├── AttachFailed            (the attach's apply failed and was rolled back)
-    └── DatabaseError           (connection problems; the URL is shown without its password)
+    ├── DatabaseError           (connection problems; the URL is shown without its password)
+    └── eipflow.diagrams.errors (GraphvizNotFound, GraphvizFailed, DiagramsStale; InvalidSpec and
+                                 UnknownDiagramFormat under InvalidInput)
 
 Each error carries its context as attributes and builds its own message, which
 says what is wrong and what to do. Bad input is rejected before anything changes.
@@ -45,6 +48,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "OperationIdReused",
+    "StepPending",
     "VersionConflict",
     "VipInUse",
     "WorkItemNotFound",
@@ -185,6 +189,21 @@ class AttachSuperseded(ConflictError):
         self.binding = binding
         now = f"bound to {binding[0]}/{binding[1]}" if binding[0] else "unbound"
         super().__init__(f"attach of EIP {eip_uuid} was overtaken by a later request: it is now {state}, {now}")
+
+
+class StepPending(ConflictError):
+    """The EIP's backend work is still in flight (leased elsewhere or waiting for a retry): call again later."""
+
+    retryable = True
+
+    def __init__(self, eip_uuid: str, state: str, work_id: int | None) -> None:
+        self.eip_uuid = eip_uuid
+        self.state = state
+        self.work_id = work_id
+        super().__init__(
+            f"EIP {eip_uuid} is still {state} (work item {work_id}); retry finish later "
+            f"(see: eipflow work list --eip {eip_uuid})"
+        )
 
 
 class BackendError(EipflowError):

@@ -22,26 +22,11 @@ See ``docs/steps.md``.
 from __future__ import annotations
 
 from .api import Eipflow
-from .errors import AttachFailed, ConflictError, EipNotFound
+from .errors import AttachFailed, EipNotFound, StepPending
 from .machine import IN_FLIGHT
 from .values import Eip
 
 __all__ = ["StepPending", "apply", "bind", "finish"]
-
-
-class StepPending(ConflictError):
-    """The EIP's backend work is still in flight (leased elsewhere or waiting for a retry): call again later."""
-
-    retryable = True
-
-    def __init__(self, eip_uuid: str, state: str, work_id: int | None) -> None:
-        self.eip_uuid = eip_uuid
-        self.state = state
-        self.work_id = work_id
-        super().__init__(
-            f"EIP {eip_uuid} is still {state} (work item {work_id}); retry finish later "
-            f"(see: eipflow work list --eip {eip_uuid})"
-        )
 
 
 def bind(flow: Eipflow, uuid: str, *, nic: str, guest_ip: str, vm: str, host: str, op_id: str) -> Eip:

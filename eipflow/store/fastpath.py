@@ -10,7 +10,6 @@ item) goes through the Core path, which owns error translation and deadlock retr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.engine import Engine
 from ..errors import EipNotFound
 from ..values import Eip, Vm
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update
+from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
 
 __all__ = ["FastPath", "LeaseLost", "Unsupported"]
 
@@ -221,14 +220,7 @@ class FastPath:
             if cur.rowcount != 1:
                 raise LeaseLost(work_id)
         if plan.new_work is not None:
-            work = plan.new_work
-            values = {
-                "eip_uuid": eip.uuid, "action": work.action, "vip": work.vip, "vm_nic_uuid": work.vm_nic_uuid,
-                "guest_ip": work.guest_ip, "host_uuid": work.host_uuid, "status": "pending", "attempts": 0,
-                "due_at": self._out(work.due_at) if work.due_at else now_db, "lease_owner": None,
-                "lease_expires_at": None, "last_error": None, "cleanup": work.cleanup, "created_at": now_db,
-                "updated_at": now_db,
-            }
+            values = work_params(eip.uuid, plan.new_work, now, self._out)
             cur.execute(self._work.text, self._work.params(values))
             changes["work_id"] = cur.fetchone()[0] if self.dialect.name == "postgresql" else cur.lastrowid
         pred_cols = tuple(sorted(plan.predicates))
@@ -245,10 +237,6 @@ class FastPath:
         cur.execute(sql.text, sql.params(params))
         if cur.rowcount != 1:
             return None
-        history = {
-            "eip_uuid": eip.uuid, "event": plan.event, "from_state": eip.state, "to_state": plan.target,
-            "version": version, "actor": plan.actor, "op_id": plan.op_id, "at": now_db,
-            "details": json.dumps(plan.details, sort_keys=True, default=str) if plan.details else None,
-        }
+        history = history_params(plan, now_db)
         cur.execute(self._history.text, self._history.params(history))
         return Eip(*[changes[c] if c in changes else getattr(eip, c) for c in _EIP_COLS])

@@ -1,16 +1,23 @@
-"""The version-checked statements, built in one place for both execution paths (Core and driver-level)."""
+"""The version-checked statements and the rows they write, built once for both execution paths (Core, driver)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from .schema import EipRow
 
-__all__ = ["eip_cas_delete", "eip_cas_update"]
+__all__ = ["eip_cas_delete", "eip_cas_update", "history_params", "work_params"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _cas_where(pred_cols: tuple[str, ...]) -> list[Any]:
@@ -26,3 +33,40 @@ def eip_cas_update(set_cols: tuple[str, ...], pred_cols: tuple[str, ...] = ()) -
 def eip_cas_delete(pred_cols: tuple[str, ...] = ()) -> Any:
     """``DELETE FROM eip WHERE uuid = :w_uuid AND version = :w_version [AND col = :w_col…]``."""
     return EIP.delete().where(*_cas_where(pred_cols))
+
+
+def history_params(plan: Any, at: Any) -> dict[str, Any]:
+    """The history row a planned transition writes (``at`` already in the form the executor binds)."""
+    return {
+        "eip_uuid": plan.eip.uuid,
+        "event": plan.event,
+        "from_state": plan.eip.state,
+        "to_state": plan.target,
+        "version": plan.eip.version + 1,
+        "actor": plan.actor,
+        "op_id": plan.op_id,
+        "at": at,
+        "details": json.dumps(plan.details, sort_keys=True, default=str) if plan.details else None,
+    }
+
+
+def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], Any] = _same) -> dict[str, Any]:
+    """The work-item row a :class:`~eipflow.store.NewWork` inserts; ``out`` converts datetimes for the executor."""
+    stamp = out(now)
+    return {
+        "eip_uuid": eip_uuid,
+        "action": work.action,
+        "vip": work.vip,
+        "vm_nic_uuid": work.vm_nic_uuid,
+        "guest_ip": work.guest_ip,
+        "host_uuid": work.host_uuid,
+        "status": "pending",
+        "attempts": 0,
+        "due_at": out(work.due_at) if work.due_at else stamp,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+        "cleanup": work.cleanup,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }

@@ -25,7 +25,7 @@ from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update
+from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
 
@@ -405,7 +405,7 @@ class Store:
                     result = conn.execute(self._update_stmt(set_cols, pred_cols), params)
                 if result.rowcount != 1:
                     raise _CasLost
-                conn.execute(self._insert_history, self._history_params(plan, now))
+                conn.execute(self._insert_history, history_params(plan, now))
         except _CasLost:
             return None
         except sa.exc.IntegrityError:
@@ -445,7 +445,7 @@ class Store:
                 for i in with_work:
                     work = plans[i].new_work
                     assert work is not None
-                    rows.append(self._work_params(plans[i].eip.uuid, work, now))
+                    rows.append(work_params(plans[i].eip.uuid, work, now))
                 if rows:
                     if dialect.insert_executemany_returning_sort_by_parameter_order:
                         stmt = WORK.insert().returning(WORK.c.id, sort_by_parameter_order=True)
@@ -464,7 +464,7 @@ class Store:
                 for set_cols, batch in groups.items():
                     if conn.execute(self._update_stmt(set_cols, ()), batch).rowcount != len(batch):
                         raise _CasLost
-                conn.execute(self._insert_history, [self._history_params(p, now) for p in plans])
+                conn.execute(self._insert_history, [history_params(p, now) for p in plans])
         except _CasLost:
             return None
         out = []
@@ -474,42 +474,8 @@ class Store:
             out.append(Eip(**merged))
         return out
 
-    @staticmethod
-    def _history_params(plan: PlannedTransition, now: datetime) -> dict[str, Any]:
-        return {
-            "eip_uuid": plan.eip.uuid,
-            "event": plan.event,
-            "from_state": plan.eip.state,
-            "to_state": plan.target,
-            "version": plan.eip.version + 1,
-            "actor": plan.actor,
-            "op_id": plan.op_id,
-            "at": now,
-            "details": json.dumps(plan.details, sort_keys=True, default=str) if plan.details else None,
-        }
-
-    @staticmethod
-    def _work_params(eip_uuid: str, work: NewWork, now: datetime) -> dict[str, Any]:
-        return {
-            "eip_uuid": eip_uuid,
-            "action": work.action,
-            "vip": work.vip,
-            "vm_nic_uuid": work.vm_nic_uuid,
-            "guest_ip": work.guest_ip,
-            "host_uuid": work.host_uuid,
-            "status": "pending",
-            "attempts": 0,
-            "due_at": work.due_at or now,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": None,
-            "cleanup": work.cleanup,
-            "created_at": now,
-            "updated_at": now,
-        }
-
     def _insert_work_item(self, conn: Connection, eip_uuid: str, work: NewWork, now: datetime) -> int:
-        key = conn.execute(self._insert_work, self._work_params(eip_uuid, work, now)).inserted_primary_key
+        key = conn.execute(self._insert_work, work_params(eip_uuid, work, now)).inserted_primary_key
         assert key is not None
         return int(key[0])
 
