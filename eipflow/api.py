@@ -125,8 +125,8 @@ class Eipflow:
         return cls(Store(db, clock or SystemClock()), chosen, lease_seconds=lease_seconds, retry=retry, owner=owner)
 
     def close(self) -> None:
-        """Dispose of the database connections."""
-        self.store.engine.dispose()
+        """Close the database connections (pinned and pooled)."""
+        self.store.close()
 
     def __enter__(self) -> Eipflow:
         return self

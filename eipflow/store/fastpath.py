@@ -4,12 +4,31 @@ SQLAlchemy Core costs ~60-90 µs of Python per executed statement; the raw drive
 transition is a handful of statements, so on the hot path (``Runner.fire`` and ``Store.get``) eipflow
 compiles its Core statements *once* per dialect into SQL strings and runs them on the pooled DBAPI
 connection. The statements, the tables and the compare-and-swap are exactly the Core path's — only the
-per-call execution machinery is skipped. Anything unusual (a driver error, a plan that completes a work
-item) goes through the Core path, which owns error translation and deadlock retries.
+per-call execution machinery is skipped. Anything unusual (a driver error) goes through the Core path,
+which owns error translation and deadlock retries.
+
+Two more costs of a call are removed here, both without weakening the compare-and-swap:
+
+- **Pinned connections.** Each thread keeps one driver connection, configured by the engine's connect
+  events and then detached from the pool: no checkout/checkin, no pre-ping ``SELECT 1`` and no
+  reset-on-return ``ROLLBACK`` per transition (two extra round trips on a server). A pin that raises a
+  driver error is closed and the call redone on the Core path (which pre-pings); pins are replaced after
+  the pool's recycle age, closed when their thread ends, and all closed by :meth:`FastPath.close`.
+- **The row cache.** The row this process last read or wrote for an EIP is kept (bounded, FIFO). An intent
+  is decided on that snapshot and written with ``… WHERE uuid AND version [AND work_id IS :w]``: if the
+  row moved meanwhile — any writer, any process — the compare-and-swap matches nothing, the transaction
+  rolls back and the call reads the row and decides again. The version is bumped by every write to a row
+  but the reconciler's work-item relink, hence the ``work_id`` guard; versions never repeat for a uuid
+  (history keeps ``(eip_uuid, version)`` unique after a delete), so an equal version means an equal row.
+  This is the raw baseline's "versions tracked in memory", made safe. Completions (``with_vm``) always read:
+  their decision depends on the VM's facts too.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +41,10 @@ from ..values import Eip, Vm
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
 from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
 
-__all__ = ["FastPath", "LeaseLost", "Unsupported"]
+__all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
+
+#: Rows kept per process for optimistic intents (``EIPFLOW_ROW_CACHE``; 0 turns the cache off).
+DEFAULT_ROW_CACHE = 16_384
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
@@ -61,14 +83,80 @@ class _Sql:
         return tuple(merged[n] for n in self.names) if self.positional else dict(merged)
 
 
+class _Pin:
+    """One driver connection pinned to a thread, outside the pool's accounting."""
+
+    __slots__ = ("__weakref__", "born", "conn", "cur", "fairy")
+
+    def __init__(self, engine: Engine) -> None:
+        fairy = engine.raw_connection()  # the engine's connect events have configured it (PRAGMAs, isolation)
+        fairy.detach()  # ours now: closing it closes the connection, the pool's slot is free again
+        self.fairy: Any = fairy
+        self.conn: Any = fairy.dbapi_connection
+        assert self.conn is not None
+        self.cur: Any = self.conn.cursor()
+        self.born = time.monotonic()
+
+    def close(self) -> None:
+        fairy, self.fairy = self.fairy, None
+        if fairy is None:
+            return
+        try:
+            fairy.close()
+        except Exception:  # noqa: BLE001 - a dead connection (or interpreter shutdown) closes as it can
+            pass
+
+    def __del__(self) -> None:  # the thread that owned it ended
+        self.close()
+
+
+class _RowCache:
+    """The last row this process read or wrote per EIP: a hint for optimistic intents, never trusted."""
+
+    __slots__ = ("_evict", "rows", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: dict[str, Eip] = {}
+        self._evict = threading.Lock()
+
+    def put(self, eip: Eip) -> None:
+        rows = self.rows
+        old = rows.get(eip.uuid)
+        if old is not None:
+            if old.version < eip.version:
+                rows[eip.uuid] = eip
+            return
+        if self.size <= 0:
+            return
+        if len(rows) >= self.size:
+            with self._evict:
+                try:
+                    del rows[next(iter(rows))]  # FIFO: the oldest remembered row
+                except (StopIteration, KeyError, RuntimeError):
+                    pass  # another thread changed it meanwhile: the bound is approximate
+        rows[eip.uuid] = eip
+
+    def drop(self, uuid: str) -> None:
+        self.rows.pop(uuid, None)
+
+
 class FastPath:
     """Driver-level reads and intent transitions for one engine (SQLite, PostgreSQL, MySQL/MariaDB)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, row_cache: int = DEFAULT_ROW_CACHE) -> None:
         self.engine = engine
         dialect = engine.dialect
         self.dialect = dialect
         self.sqlite = dialect.name == "sqlite"
+        self._postgres = dialect.name == "postgresql"
+        self._error: type[BaseException] = dialect.dbapi.Error  # type: ignore[union-attr]
+        recycle = getattr(engine.pool, "_recycle", -1)
+        self._recycle = float(recycle) if recycle and recycle > 0 else None
+        self._local = threading.local()
+        self._pins: weakref.WeakSet[_Pin] = weakref.WeakSet()
+        self._pins_lock = threading.Lock()
+        self.rows = _RowCache(row_cache)
         select = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
         self._get = _Sql(select, dialect)
         # Lock the row for the few microseconds between read and write: the compare-and-swap then never
@@ -78,7 +166,7 @@ class FastPath:
         self._history = _Sql(HISTORY.insert().values({k: sa.bindparam(k) for k in history_keys}), dialect)
         work_keys = [c.name for c in WORK.columns if c.name != "id"]
         work_insert = WORK.insert().values({k: sa.bindparam(k) for k in work_keys})
-        if dialect.name == "postgresql":
+        if self._postgres:
             work_insert = work_insert.returning(WORK.c.id)
         self._work = _Sql(work_insert, dialect)
         self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
@@ -86,6 +174,38 @@ class FastPath:
         self._work_updates: dict[tuple[str, ...], _Sql] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], _Sql] = {}
         self._deletes: dict[tuple[str, ...], _Sql] = {}
+
+    # -- connections -----------------------------------------------------------------------------
+    def _pin(self) -> _Pin:
+        pin: _Pin | None = getattr(self._local, "pin", None)
+        if pin is not None and pin.fairy is not None:
+            if self._recycle is None or time.monotonic() - pin.born < self._recycle:
+                return pin
+            pin.close()
+        try:
+            pin = _Pin(self.engine)
+        except self._error as exc:
+            raise Unsupported from exc  # the Core path reports the connection error
+        self._local.pin = pin
+        with self._pins_lock:
+            self._pins.add(pin)
+        return pin
+
+    def _broken(self, pin: _Pin) -> None:
+        """After a driver error: roll back, or drop the pin if even that fails (connection lost)."""
+        try:
+            pin.conn.rollback()
+        except self._error:
+            pin.close()
+            self._local.pin = None
+
+    def close(self) -> None:
+        """Close every pinned connection (``Eipflow.close``); a later call pins a new one."""
+        with self._pins_lock:
+            pins = list(self._pins)
+            self._pins.clear()
+        for pin in pins:
+            pin.close()
 
     # -- values ----------------------------------------------------------------------------------
     def _out(self, value: Any) -> Any:
@@ -132,44 +252,63 @@ class FastPath:
         return sql
 
     # -- operations ------------------------------------------------------------------------------
+    def remember(self, eip: Eip) -> None:
+        """A row read or written elsewhere (the Core path): the next intent may start from it."""
+        if eip.state == "deleted":
+            self.rows.drop(eip.uuid)
+        else:
+            self.rows.put(eip)
+
     def get(self, uuid: str) -> Eip | None:
         """One row by uuid (a single SELECT sees a consistent snapshot; no transaction needed)."""
-        dbapi = self.engine.raw_connection()
+        pin = self._pin()
         try:
-            cur = dbapi.cursor()
+            cur = pin.cur
             cur.execute(self._get.text, self._get.params({"u": uuid}))
             row = cur.fetchone()
-            cur.close()
             if not self.sqlite:
-                dbapi.rollback()  # end the driver's implicit transaction before the pool takes it back
-        except self.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+                pin.conn.rollback()  # end the driver's implicit transaction: the pin stays idle
+        except self._error as exc:
+            self._broken(pin)
             raise Unsupported from exc  # the Core path translates it (and reconnects if it must)
-        finally:
-            dbapi.close()
-        return self._eip(row) if row is not None else None
+        if row is None:
+            self.rows.drop(uuid)
+            return None
+        eip = self._eip(row)
+        self.rows.put(eip)
+        return eip
 
     def transition(
         self, uuid: str, decide: Callable[[Eip, Vm | None], Any], now: datetime, *, with_vm: bool = False
     ) -> tuple[Eip, Any] | None:
-        """Read the row, let ``decide`` plan the transition, write it — one transaction.
+        """Let ``decide`` plan the transition for the row and write it — one transaction.
 
+        Without ``with_vm`` the row remembered by this process is tried first (see the module doc): a
+        stale snapshot costs one rolled-back transaction, then the row is read under the write lock.
         ``decide`` returns a :class:`~eipflow.store.PlannedTransition` for the row it is given (it may
         raise, e.g. ``IllegalTransition``; nothing is written then). Returns ``(row as written, plan)``,
         or ``None`` when the compare-and-swap lost.
 
         Raises:
             EipNotFound: no such row.
-            Unsupported: take the Core path (a plan completing work, or a driver error: nothing was written).
+            Unsupported: take the Core path (a driver error: nothing was written).
         """
-        dbapi = self.engine.raw_connection()
+        pin = self._pin()
+        conn, cur = pin.conn, pin.cur
         try:
-            cur = dbapi.cursor()
+            if not with_vm:
+                cached = self.rows.rows.get(uuid)
+                if cached is not None:
+                    done = self._optimistic(conn, cur, cached, decide, now)
+                    if done is not None:
+                        return done
             if self.sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             cur.execute(self._get_for_update.text, self._get_for_update.params({"u": uuid}))
             row = cur.fetchone()
             if row is None:
-                dbapi.rollback()
+                conn.rollback()
+                self.rows.drop(uuid)
                 raise EipNotFound(uuid)
             eip = self._eip(row)
             vm = None
@@ -183,60 +322,86 @@ class FastPath:
                 plan = decide(eip, vm)
                 written = self._write(cur, eip, plan, now)
             except BaseException:
-                dbapi.rollback()
+                conn.rollback()
+                self.rows.put(eip)
                 raise
             if written is None:
-                dbapi.rollback()
+                conn.rollback()
                 return None
-            dbapi.commit()
-            cur.close()
-            return written, plan
-        except self.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+            conn.commit()
+        except self._error as exc:
             # Constraint violations, deadlocks, lost connections: roll back and let the Core path redo
             # the whole call; it translates each error to eipflow's types and retries deadlocks.
-            try:
-                dbapi.rollback()
-            except self.dialect.dbapi.Error:  # type: ignore[union-attr]
-                dbapi.invalidate()
+            self._broken(pin)
             raise Unsupported from exc
-        finally:
-            dbapi.close()
+        self.remember(written)
+        return written, plan
 
-    def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime) -> Eip | None:
+    def _optimistic(
+        self, conn: Any, cur: Any, cached: Eip, decide: Callable[[Eip, Vm | None], Any], now: datetime
+    ) -> tuple[Eip, Any] | None:
+        """Decide on the remembered row and compare-and-swap it; ``None``: it was stale, read it instead."""
+        try:
+            plan = decide(cached, None)
+        except Exception:  # noqa: BLE001 - maybe only the snapshot is stale: the fresh row decides
+            return None
+        if self.sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        try:
+            written = self._write(cur, cached, plan, now, guard_work=True)
+        except LeaseLost:
+            written = None
+        except BaseException:
+            conn.rollback()
+            raise
+        if written is None:
+            conn.rollback()  # a work item inserted before the lost compare-and-swap goes too
+            self.rows.drop(cached.uuid)
+            return None
+        conn.commit()
+        self.remember(written)
+        return written, plan
+
+    def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime, *, guard_work: bool = False) -> Eip | None:
         changes = dict(plan.changes)
         version = eip.version + 1
-        now_db = self._out(now)  # formatted once: it is written up to five times
-        work_changes: list[tuple[int, str, Mapping[str, Any]]] = []
+        out = self._out
+        now_db = out(now)  # formatted once: it is written up to five times
         if plan.finish_work is not None:
             work_id, owner = plan.finish_work
-            work_changes.append((work_id, owner, {"status": "done", "lease_owner": None, "lease_expires_at": None}))
+            self._update_work(cur, work_id, owner, {"status": "done", "lease_owner": None,
+                                                    "lease_expires_at": None, "updated_at": now_db})
         if plan.update_work is not None:
-            work_changes.append(plan.update_work)
-        for work_id, owner, values in work_changes:
-            values = {**values, "updated_at": now}
-            sql = self._work_update(tuple(sorted(values)))
-            bound = {"w_id": work_id, "w_owner": owner, **{f"s_{c}": self._out(v) for c, v in values.items()}}
-            cur.execute(sql.text, sql.params(bound))
-            if cur.rowcount != 1:
-                raise LeaseLost(work_id)
+            work_id, owner, values = plan.update_work
+            self._update_work(cur, work_id, owner, {**{c: out(v) for c, v in values.items()}, "updated_at": now_db})
         if plan.new_work is not None:
-            values = work_params(eip.uuid, plan.new_work, now, self._out)
-            cur.execute(self._work.text, self._work.params(values))
-            changes["work_id"] = cur.fetchone()[0] if self.dialect.name == "postgresql" else cur.lastrowid
-        pred_cols = tuple(sorted(plan.predicates))
+            cur.execute(self._work.text, self._work.params(work_params(eip.uuid, plan.new_work, now, out)))
+            changes["work_id"] = cur.fetchone()[0] if self._postgres else cur.lastrowid
+        predicates = plan.predicates
+        if guard_work:
+            predicates = {**predicates, "work_id": eip.work_id}
+        pred_cols = tuple(sorted(predicates))
         params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
-        params.update({f"w_{c}": self._out(v) for c, v in plan.predicates.items()})
+        for c, v in predicates.items():
+            params[f"w_{c}"] = out(v)
+        changes["state"] = plan.target
+        changes["version"] = version
+        changes["updated_at"] = now
         if plan.target == "deleted":
             sql = self._delete(pred_cols)
-            changes.update(state="deleted", version=version, updated_at=now)  # what the caller is told
         else:
-            changes.update(state=plan.target, version=version, updated_at=now)
             sql = self._update(tuple(sorted(changes)), pred_cols)
-            params.update({f"s_{c}": self._out(v) for c, v in changes.items() if c != "updated_at"})
-            params["s_updated_at"] = now_db
+            for c, v in changes.items():
+                params[f"s_{c}"] = out(v) if c != "updated_at" else now_db
         cur.execute(sql.text, sql.params(params))
         if cur.rowcount != 1:
             return None
-        history = history_params(plan, now_db)
-        cur.execute(self._history.text, self._history.params(history))
+        cur.execute(self._history.text, self._history.params(history_params(plan, now_db)))
         return Eip(*[changes[c] if c in changes else getattr(eip, c) for c in _EIP_COLS])
+
+    def _update_work(self, cur: Any, work_id: int, owner: str, values: Mapping[str, Any]) -> None:
+        sql = self._work_update(tuple(sorted(values)))
+        bound = {"w_id": work_id, "w_owner": owner, **{f"s_{c}": v for c, v in values.items()}}
+        cur.execute(sql.text, sql.params(bound))
+        if cur.rowcount != 1:
+            raise LeaseLost(work_id)

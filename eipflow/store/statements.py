@@ -22,7 +22,11 @@ def _same(value: Any) -> Any:
 
 def _cas_where(pred_cols: tuple[str, ...]) -> list[Any]:
     where = [EIP.c.uuid == sa.bindparam("w_uuid"), EIP.c.version == sa.bindparam("w_version")]
-    return where + [EIP.c[c] == sa.bindparam(f"w_{c}") for c in pred_cols]
+    for c in pred_cols:
+        # work_id may be NULL (a stable row): compare it null-safely (IS / <=> / IS NOT DISTINCT FROM).
+        col, value = EIP.c[c], sa.bindparam(f"w_{c}")  # type: ignore[var-annotated]
+        where.append(col.is_not_distinct_from(value) if c == "work_id" else col == value)
+    return where
 
 
 def eip_cas_update(set_cols: tuple[str, ...], pred_cols: tuple[str, ...] = ()) -> Any:

@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..clock import Clock, SystemClock
-from ..errors import EipNotFound, GuestIpInUse, VipInUse
+from ..errors import EipNotFound, GuestIpInUse, InvalidInput, VipInUse
 from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
-from .fastpath import FastPath, LeaseLost, Unsupported
+from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
 
@@ -47,6 +47,15 @@ def _fast_path_enabled(engine: Engine) -> bool:
     return (engine.dialect.name, engine.dialect.driver) in {
         ("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql"),
     }
+
+
+def _row_cache_size() -> int:
+    raw = os.environ.get("EIPFLOW_ROW_CACHE", "").strip()
+    if not raw:
+        return DEFAULT_ROW_CACHE
+    if not raw.isdigit():
+        raise InvalidInput(f"EIPFLOW_ROW_CACHE: {raw!r} is not a number of rows (0 turns the row cache off)")
+    return int(raw)
 
 
 class _CasLost(Exception):
@@ -138,7 +147,7 @@ class Store:
         self._update_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
         self._delete_cache: dict[tuple[str, ...], Any] = {}
         self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
-        self._fast = FastPath(engine) if _fast_path_enabled(engine) else None
+        self._fast = FastPath(engine, row_cache=_row_cache_size()) if _fast_path_enabled(engine) else None
         self._insert_history = HISTORY.insert()
         self._insert_work = WORK.insert()
         # Statements built once: building a Core statement and its cache key per call costs more
@@ -167,6 +176,12 @@ class Store:
         )
 
     # -- connections ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the fast path's pinned connections and dispose of the engine's pool."""
+        if self._fast is not None:
+            self._fast.close()
+        self.engine.dispose()
+
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(eipflow_read=True)
 
@@ -416,7 +431,10 @@ class Store:
         merged = {c: getattr(eip, c) for c in _EIP_COLS}
         merged.update(changes)
         merged.update(state=plan.target, version=new_version, updated_at=now)
-        return Eip(**merged)
+        written = Eip(**merged)
+        if self._fast is not None:
+            self._fast.remember(written)
+        return written
 
     @retry_transient
     def commit_many(self, plans: Sequence[PlannedTransition]) -> list[Eip] | None:
@@ -472,6 +490,8 @@ class Store:
             merged = {c: getattr(plan.eip, c) for c in _EIP_COLS}
             merged.update(change)
             out.append(Eip(**merged))
+            if self._fast is not None:
+                self._fast.remember(out[-1])
         return out
 
     def _insert_work_item(self, conn: Connection, eip_uuid: str, work: NewWork, now: datetime) -> int:
