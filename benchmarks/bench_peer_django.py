@@ -6,6 +6,10 @@ with ``BEGIN IMMEDIATE`` and the same ``synchronous`` level. It writes no histor
 eipflow (``Runner.fire``: read, legality from the compiled machine, version-checked UPDATE + history
 INSERT) does both. Target: eipflow at least 3 times the peer.
 
+The raw driver's transition (``bench_transition``'s ``raw``: UPDATE + history INSERT + COMMIT, versions
+tracked in memory, no read) is measured in the same run too: ``raw / peer`` is the most any implementation
+that commits each transition durably can reach at that ``synchronous`` level.
+
 The peer is not a project dependency: ``pip install django django-fsm-2`` into the benchmark venv.
 Run: ``python benchmarks/bench_peer_django.py [--seconds 2] [--workers 1,4,16] [--rounds 3]``.
 """
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return make
 
     current = [syncs[0]]
-    lines = ["| SQLite WAL | workers | django-fsm-2 /s | eipflow fire /s | eipflow / peer |", "|---|---|---|---|---|"]
+    lines = ["| SQLite WAL | workers | django-fsm-2 /s | eipflow fire /s | raw driver /s | **eipflow / peer** | "
+             "raw / peer (ceiling) |", "|---|---|---|---|---|---|---|"]
     for sync in syncs:
         current[0] = sync
         path = os.path.join(base, f"eipflow-{sync}.db")
@@ -110,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         bulk_load(flow.store.engine, ROWS, state="applying", bound=True, host="host-1")
         ids = uuids(ROWS)
         for w in workers_list:
-            peer, ours = [], []
+            peer, ours, raws = [], [], []
             for _ in range(args.rounds):
                 peer.append(run_threads(w, args.seconds, peer_make(w)).rate)
                 ours.append(run_threads(w, args.seconds, maker("eipflow fire", t, flow, ids, w, [])).rate)
-            p, e = median(peer), median(ours)
-            lines.append(f"| {sync} | {w} | {p:,.0f} | {e:,.0f} | {e / p:.2f} |")
+                opened: list[Any] = []
+                raws.append(run_threads(w, args.seconds, maker("raw", t, flow, ids, w, opened)).rate)
+                for raw in opened:
+                    raw.close()
+            p, e, r = median(peer), median(ours), median(raws)
+            lines.append(f"| {sync} | {w} | {p:,.0f} | {e:,.0f} | {r:,.0f} | **{e / p:.2f}** | {r / p:.2f} |")
             print(lines[-1], file=sys.stderr)
         flow.close()
     import django

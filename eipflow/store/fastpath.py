@@ -28,6 +28,7 @@ Two more costs of a call are removed here, both without weakening the compare-an
 from __future__ import annotations
 
 import operator
+import os
 import threading
 import time
 import weakref
@@ -39,9 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..errors import EipNotFound
-from ..values import Eip, Vm
+from ..values import Eip, EipSpec, Vm, WorkItem
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
+from .statements import eip_cas_delete, eip_cas_update, history_params, work_claim, work_params
 
 __all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
 
@@ -54,6 +55,8 @@ WORK = WorkRow.__table__  # type: ignore[attr-defined]
 VM = VmRow.__table__  # type: ignore[attr-defined]
 _EIP_COLS = tuple(c.name for c in EIP.columns)
 _DT_COLS = frozenset(c.name for c in EIP.columns if isinstance(c.type, UTCDateTime))
+_WORK_COLS = tuple(c.name for c in WORK.columns)
+_WORK_DT_COLS = frozenset(c.name for c in WORK.columns if isinstance(c.type, UTCDateTime))
 
 
 class LeaseLost(Exception):
@@ -62,6 +65,14 @@ class LeaseLost(Exception):
 
 class Unsupported(Exception):
     """Internal: this call must take the Core path (unusual plan, or a driver error to translate)."""
+
+
+def _one(name: str) -> Callable[[Mapping[str, Any]], tuple[Any]]:
+    return lambda values: (values[name],)
+
+
+def _none(_values: Mapping[str, Any]) -> tuple[()]:
+    return ()
 
 
 class _Sql:
@@ -82,8 +93,7 @@ class _Sql:
         names = self.names
         # The parameter tuple in the statement's order, built in C (a 1-name itemgetter returns a scalar).
         self._pick: Callable[[Mapping[str, Any]], Any] = (
-            operator.itemgetter(*names) if len(names) > 1 else (lambda m, n=names[0]: (m[n],)) if names
-            else (lambda m: ())
+            operator.itemgetter(*names) if len(names) > 1 else _one(names[0]) if names else _none
         )
 
     def params(self, values: Mapping[str, Any]) -> Any:
@@ -94,21 +104,25 @@ class _Sql:
 class _Pin:
     """One driver connection pinned to a thread, outside the pool's accounting."""
 
-    __slots__ = ("__weakref__", "born", "conn", "cur", "fairy")
+    __slots__ = ("__weakref__", "born", "conn", "cur", "fairy", "pid")
 
     def __init__(self, engine: Engine) -> None:
         fairy = engine.raw_connection()  # the engine's connect events have configured it (PRAGMAs, isolation)
-        fairy.detach()  # ours now: closing it closes the connection, the pool's slot is free again
+        if isinstance(engine.pool, (sa.pool.QueuePool, sa.pool.NullPool)):
+            fairy.detach()  # ours now: closing it closes the connection, the pool's slot is free again
+        # else a pool that hands every caller the same connection (SQLite :memory:, where another
+        # connection would be another database): keep it checked out; closing returns it.
         self.fairy: Any = fairy
         self.conn: Any = fairy.dbapi_connection
         assert self.conn is not None
         self.cur: Any = self.conn.cursor()
         self.born = time.monotonic()
+        self.pid = os.getpid()
 
     def close(self) -> None:
         fairy, self.fairy = self.fairy, None
-        if fairy is None:
-            return
+        if fairy is None or self.pid != os.getpid():
+            return  # after a fork the socket is the parent's: closing it here would break the parent's
         try:
             fairy.close()
         except Exception:  # noqa: BLE001 - a dead connection (or interpreter shutdown) closes as it can
@@ -189,6 +203,8 @@ class FastPath:
         self._work = _Sql(work_insert, dialect)
         self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
             VM.c.uuid == sa.bindparam("u")), dialect)
+        self._claim = _Sql(work_claim(), dialect)
+        self._select_work = _Sql(sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id")), dialect)
         self._work_updates: dict[tuple[str, ...], _Sql] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], _Sql] = {}
         self._deletes: dict[tuple[str, ...], _Sql] = {}
@@ -197,9 +213,12 @@ class FastPath:
     def _pin(self) -> _Pin:
         pin: _Pin | None = getattr(self._local, "pin", None)
         if pin is not None and pin.fairy is not None:
-            if self._recycle is None or time.monotonic() - pin.born < self._recycle:
+            if pin.pid != os.getpid():
+                pin.fairy = None  # inherited across fork(): abandon it, never use or close it here
+            elif self._recycle is None or time.monotonic() - pin.born < self._recycle:
                 return pin
-            pin.close()
+            else:
+                pin.close()
         try:
             pin = _Pin(self.engine)
         except self._error as exc:
@@ -243,6 +262,28 @@ class FastPath:
             values[col] = raw.replace(tzinfo=UTC) if raw is not None else None
         values["attach_confirmed"] = bool(values["attach_confirmed"])
         return Eip(**values)
+
+    @staticmethod
+    def _aware(raw: Any) -> datetime | None:
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            raw = datetime.fromisoformat(raw)
+        return raw.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+    def _work_item(self, row: tuple[Any, ...]) -> WorkItem:
+        m = dict(zip(_WORK_COLS, row, strict=True))
+        for col in _WORK_DT_COLS:
+            m[col] = self._aware(m[col])
+        spec = None
+        if m["host_uuid"] is not None:
+            spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
+        return WorkItem(
+            id=m["id"], eip_uuid=m["eip_uuid"], action=m["action"], spec=spec, status=m["status"],
+            attempts=m["attempts"], due_at=m["due_at"], lease_owner=m["lease_owner"],
+            lease_expires_at=m["lease_expires_at"], last_error=m["last_error"], cleanup=bool(m["cleanup"]),
+            created_at=m["created_at"], updated_at=m["updated_at"],
+        )
 
     # -- statements ------------------------------------------------------------------------------
     def _update(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> _Sql:
@@ -296,6 +337,28 @@ class FastPath:
         eip = self._eip(row)
         self.rows.put(eip)
         return eip
+
+    def claim(self, work_id: int, owner: str, now: datetime, expires: datetime) -> WorkItem | None:
+        """Lease one work item (the Core path's compare-and-swap on status and lease) and read it back."""
+        pin = self._pin()
+        conn, cur = pin.conn, pin.cur
+        out = self._out
+        stamp = out(now)
+        try:
+            if self.sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            params = {"w_id": work_id, "w_now": stamp, "s_owner": owner, "s_expires": out(expires), "s_now": stamp}
+            cur.execute(self._claim.text, self._claim.params(params))
+            if cur.rowcount != 1:
+                conn.rollback()
+                return None
+            cur.execute(self._select_work.text, self._select_work.params({"w_id": work_id}))
+            row = cur.fetchone()
+            conn.commit()
+        except self._error as exc:
+            self._broken(pin)
+            raise Unsupported from exc
+        return self._work_item(row)
 
     def transition(
         self, uuid: str, decide: Callable[[Eip, Vm | None], Any], now: datetime, *, with_vm: bool = False

@@ -9,11 +9,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .schema import EipRow
+from .schema import EipRow, WorkRow
 
-__all__ = ["eip_cas_delete", "eip_cas_update", "history_params", "work_params"]
+__all__ = ["eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_params"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
+WORK = WorkRow.__table__  # type: ignore[attr-defined]
 
 
 def _same(value: Any) -> Any:
@@ -37,6 +38,27 @@ def eip_cas_update(set_cols: tuple[str, ...], pred_cols: tuple[str, ...] = ()) -
 def eip_cas_delete(pred_cols: tuple[str, ...] = ()) -> Any:
     """``DELETE FROM eip WHERE uuid = :w_uuid AND version = :w_version [AND col = :w_col…]``."""
     return EIP.delete().where(*_cas_where(pred_cols))
+
+
+def work_claim() -> Any:
+    """Lease one item: ``UPDATE eip_work SET status='running', lease… WHERE id AND (due pending OR lease expired)``."""
+    return (
+        WORK.update()
+        .where(
+            WORK.c.id == sa.bindparam("w_id"),
+            sa.or_(
+                sa.and_(WORK.c.status == "pending", WORK.c.due_at <= sa.bindparam("w_now")),
+                sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < sa.bindparam("w_now")),
+            ),
+        )
+        .values(
+            status="running",
+            lease_owner=sa.bindparam("s_owner"),
+            lease_expires_at=sa.bindparam("s_expires"),
+            attempts=WORK.c.attempts + 1,
+            updated_at=sa.bindparam("s_now"),
+        )
+    )
 
 
 def history_params(plan: Any, at: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update, history_params, work_params
+from .statements import eip_cas_delete, eip_cas_update, history_params, work_claim, work_params
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
 
@@ -157,23 +157,7 @@ class Store:
         self._select_history = sa.select(HISTORY).where(HISTORY.c.eip_uuid == sa.bindparam("u")).order_by(
             HISTORY.c.version
         )
-        self._claim = (
-            WORK.update()
-            .where(
-                WORK.c.id == sa.bindparam("w_id"),
-                sa.or_(
-                    sa.and_(WORK.c.status == "pending", WORK.c.due_at <= sa.bindparam("w_now")),
-                    sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < sa.bindparam("w_now")),
-                ),
-            )
-            .values(
-                status="running",
-                lease_owner=sa.bindparam("s_owner"),
-                lease_expires_at=sa.bindparam("s_expires"),
-                attempts=WORK.c.attempts + 1,
-                updated_at=sa.bindparam("s_now"),
-            )
-        )
+        self._claim = work_claim()
 
     # -- connections ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -551,6 +535,11 @@ class Store:
         """Lease one item: a compare-and-swap on its status and lease, correct on every database."""
         now = self.clock.now()
         expires = now + timedelta(seconds=lease_seconds)
+        if self._fast is not None:
+            try:
+                return self._fast.claim(work_id, owner, now, expires)
+            except Unsupported:
+                pass  # the Core path below translates the error (and retries a deadlock)
         params = {"w_id": work_id, "w_now": now, "s_owner": owner, "s_expires": expires, "s_now": now}
         with translate_errors(self.engine), self.engine.begin() as conn:
             if conn.execute(self._claim, params).rowcount != 1:

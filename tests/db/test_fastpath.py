@@ -7,6 +7,7 @@ connections and its own row cache, so one's writes make the other's remembered r
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -179,3 +180,21 @@ def test_a_bad_row_cache_setting_is_a_typed_error_naming_it(sqlite_url: str, mon
     monkeypatch.setenv("EIPFLOW_ROW_CACHE", "lots")
     with pytest.raises(InvalidInput, match="EIPFLOW_ROW_CACHE: 'lots'"):
         Eipflow.open(sqlite_url, InMemoryDataplane())
+
+
+def test_a_forked_child_never_uses_or_closes_the_parents_pin(flow: Eipflow) -> None:
+    """Prefork servers (Celery, gunicorn) fork after the parent has used eipflow: the socket stays the parent's."""
+    eip = flow.create_eip(VIP)
+    parent_pin = _fast(flow)._pin()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pin, the parent's left alone
+        code = 1
+        try:
+            row = flow.store.get(eip.uuid)
+            code = 0 if row is not None and _fast(flow)._pin() is not parent_pin else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _fast(flow)._pin() is parent_pin and not _is_closed(parent_pin.conn)
+    assert flow.delete_eip(eip.uuid).state == "deleted"  # the parent's connection still works
