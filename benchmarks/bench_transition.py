@@ -10,8 +10,11 @@ Variants, measured in the same run, rounds interleaved, median of the rounds:
 - ``raw+read``: the same plus a ``SELECT`` of the row first (what a caller without a cache must do).
 - ``eipflow write``: ``Runner._plan`` + ``Runner._commit`` (legality, plan, ``Store.commit``, log call) on a row
   snapshot the thread already holds — the write path alone.
-- ``eipflow fire``: ``Runner.fire`` — the public intent path: read the row, plan, commit, log (on the
-  driver-level fast path: read and compare-and-swap in one transaction).
+- ``eipflow fire``: ``Runner.fire`` — the public intent path: plan, commit, log, on the driver-level fast
+  path (pinned connection; the row this process last wrote is the snapshot the compare-and-swap starts
+  from, as ``raw`` tracks versions in memory). Compare with ``raw``.
+- ``eipflow fire (cold)``: the same with the row cache off (``EIPFLOW_ROW_CACHE=0``): every intent reads the
+  row first, under the write lock, in the same transaction. Compare with ``raw+read``.
 - ``eipflow fire (Core path)``: the same with ``EIPFLOW_FASTPATH=0`` (a second ``Eipflow`` on the same
   database): SQLAlchemy Core statements, the read and the write in two transactions — the before/after.
 
@@ -50,8 +53,9 @@ from _common import (
 )
 
 ROWS = 10_000
-VARIANTS = ("raw", "raw+read", "eipflow write", "eipflow fire", "eipflow fire (Core path)")
+VARIANTS = ("raw", "raw+read", "eipflow write", "eipflow fire", "eipflow fire (cold)", "eipflow fire (Core path)")
 CORE = "eipflow fire (Core path)"
+COLD = "eipflow fire (cold)"
 
 
 def quiet_logging() -> None:
@@ -128,7 +132,7 @@ class RawConn:
 
 # -- the variants ------------------------------------------------------------------------------------
 def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
-          opened: list[RawConn], core_flow: Any = None) -> Callable[[int], Callable[[], None]]:
+          opened: list[RawConn], core_flow: Any = None, cold_flow: Any = None) -> Callable[[int], Callable[[], None]]:
     def make(n: int) -> Callable[[], None]:
         mine = partition(ids, workers, n)
         pos = [0]
@@ -144,7 +148,7 @@ def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
                 versions[u] = raw.transition(u, versions[u], read)
 
             return step
-        runner = core_flow.runner if variant == CORE else flow.runner
+        runner = core_flow.runner if variant == CORE else cold_flow.runner if variant == COLD else flow.runner
         if variant == "eipflow write":
             rows = {u: flow.store.get(u) for u in mine}
             changes = {"desired": "detached"}
@@ -171,18 +175,30 @@ def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
     return make
 
 
-def open_core_flow(target: Target) -> Any:
-    """An :class:`eipflow.Eipflow` with the fast path off (the switch is read when its store is built)."""
-    old = os.environ.get("EIPFLOW_FASTPATH")
-    os.environ["EIPFLOW_FASTPATH"] = "0"
+def _open_with(target: Target, var: str, value: str) -> Any:
+    """An :class:`eipflow.Eipflow` opened with one environment switch set (read when its store is built)."""
+    old = os.environ.get(var)
+    os.environ[var] = value
     try:
-        flow = open_flow(target)
+        return open_flow(target)
     finally:
         if old is None:
-            del os.environ["EIPFLOW_FASTPATH"]
+            del os.environ[var]
         else:
-            os.environ["EIPFLOW_FASTPATH"] = old
+            os.environ[var] = old
+
+
+def open_core_flow(target: Target) -> Any:
+    """An :class:`eipflow.Eipflow` with the fast path off."""
+    flow = _open_with(target, "EIPFLOW_FASTPATH", "0")
     assert flow.store._fast is None
+    return flow
+
+
+def open_cold_flow(target: Target) -> Any:
+    """An :class:`eipflow.Eipflow` on the fast path with the row cache off."""
+    flow = _open_with(target, "EIPFLOW_ROW_CACHE", "0")
+    assert flow.store._fast is not None and flow.store._fast.rows.size == 0
     return flow
 
 
@@ -191,6 +207,7 @@ def measure(target: Target, workers_list: list[int], seconds: float, rounds: int
     with fresh(target) as t:
         flow = open_flow(t)
         core_flow = open_core_flow(t) if CORE in variants else None
+        cold_flow = open_cold_flow(t) if COLD in variants else None
         try:
             ids = uuids(ROWS)
             bulk_load(flow.store.engine, ROWS, state="applying", bound=True, host="host-1")
@@ -199,7 +216,7 @@ def measure(target: Target, workers_list: list[int], seconds: float, rounds: int
                 for w in workers_list:
                     for v in variants:
                         opened: list[RawConn] = []
-                        m = run_threads(w, seconds, maker(v, t, flow, ids, w, opened, core_flow))
+                        m = run_threads(w, seconds, maker(v, t, flow, ids, w, opened, core_flow, cold_flow))
                         for raw in opened:
                             raw.close()
                         samples[v][w].append(m.rate)
@@ -207,21 +224,22 @@ def measure(target: Target, workers_list: list[int], seconds: float, rounds: int
             return {v: {w: median(samples[v][w]) for w in workers_list} for v in variants}
         finally:
             flow.close()
-            if core_flow is not None:
-                core_flow.close()
+            for other in (core_flow, cold_flow):
+                if other is not None:
+                    other.close()
 
 
 def table(results: dict[str, dict[str, dict[int, float]]], workers_list: list[int]) -> str:
     lines = [
-        "| store | writers | raw /s | raw+read /s | eipflow write /s | fire (Core) /s | fire /s | write / raw | "
-        "Core / raw | fire / raw | fire / raw+read | fire / Core |",
+        "| store | writers | raw /s | raw+read /s | write /s | Core /s | fire cold /s | fire /s | Core / raw | "
+        "**fire / raw** | **fire cold / raw+read** | fire / Core |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, res in results.items():
         for w in workers_list:
-            raw, rr, ew, ef, ec = (res[v][w] for v in VARIANTS)
-            lines.append(f"| {label} | {w} | {raw:,.0f} | {rr:,.0f} | {ew:,.0f} | {ec:,.0f} | {ef:,.0f} | "
-                         f"{ew / raw:.2f} | {ec / raw:.2f} | {ef / raw:.2f} | {ef / rr:.2f} | {ef / ec:.2f} |")
+            raw, rr, ew, ef, cold, ec = (res[v][w] for v in VARIANTS)
+            lines.append(f"| {label} | {w} | {raw:,.0f} | {rr:,.0f} | {ew:,.0f} | {ec:,.0f} | {cold:,.0f} | "
+                         f"{ef:,.0f} | {ec / raw:.2f} | **{ef / raw:.2f}** | **{cold / rr:.2f}** | {ef / ec:.2f} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,9 @@
 """Where one transition's time goes: cProfile of ``Runner.fire`` on SQLite, per-call costs in µs.
 
 Run: ``python benchmarks/profile_hot_path.py [--n 3000] [--synchronous NORMAL] [--top 25] [--info-logs]``.
-Prints the cumulative µs per transition of the pieces (the fast path's transaction, pool checkout and
-checkin, driver statements, row decoding, runner._plan, table.resolve, logging; Store.get/commit when run
-with ``EIPFLOW_FASTPATH=0``) and the top functions by own time.
+Prints the cumulative µs per transition of the pieces (the fast path's transaction, the pinned-connection
+lookup, the optimistic compare-and-swap, driver statements, row decoding, runner._plan, table.resolve,
+logging; Store.get/commit when run with ``EIPFLOW_FASTPATH=0``) and the top functions by own time.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ PIECES = {
     "Runner.fire (total)": ("runner.py", "fire"),
     "Store.transition": ("store.py", "transition"),
     "FastPath.transition (one transaction)": ("fastpath.py", "transition"),
-    "  pool checkout (raw_connection)": ("engine/base.py", "raw_connection"),
-    "  pool checkin (fairy close)": ("pool/base.py", "_checkin"),
+    "  pinned connection lookup (_pin)": ("fastpath.py", "_pin"),
+    "  pool checkout (raw_connection; 0 once pinned)": ("engine/base.py", "raw_connection"),
+    "  optimistic CAS on the remembered row": ("fastpath.py", "_optimistic"),
     "  SQL execute (driver, all statements)": ("~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
     "  COMMIT (driver)": ("~", "<method 'commit' of 'sqlite3.Connection' objects>"),
     "  FastPath._eip (row -> Eip)": ("fastpath.py", "_eip"),

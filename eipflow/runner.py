@@ -40,7 +40,20 @@ log = structlog.get_logger("eipflow.runner")
 
 MAX_CAS_ATTEMPTS = 50
 _FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")
-_SPEC_KEYS = ("vip", "vm_nic_uuid", "guest_ip", "host_uuid", "applied_host")
+_FACT_SET = frozenset(_FACT_KEYS)
+
+
+class _Merged:
+    """The row's spec fields with the event's changes applied, looked up only when a plan needs them."""
+
+    __slots__ = ("changes", "eip")
+
+    def __init__(self, eip: Eip, changes: Mapping[str, Any]) -> None:
+        self.eip = eip
+        self.changes = changes
+
+    def __getitem__(self, key: str) -> Any:
+        return self.changes[key] if key in self.changes else getattr(self.eip, key)
 
 
 class NotApplicable(Exception):
@@ -76,7 +89,11 @@ def default_owner() -> str:
 
 
 def _facts(eip: Eip, changes: Mapping[str, Any]) -> Facts:
-    return Facts(*(changes.get(k, getattr(eip, k)) for k in _FACT_KEYS))
+    if not changes.keys() & _FACT_SET:
+        return Facts(eip.desired, eip.host_uuid, eip.applied_host, eip.attach_confirmed)
+    get = changes.get
+    return Facts(get("desired", eip.desired), get("host_uuid", eip.host_uuid), get("applied_host", eip.applied_host),
+                 get("attach_confirmed", eip.attach_confirmed))
 
 
 class Runner:
@@ -115,7 +132,7 @@ class Runner:
     ) -> PlannedTransition:
         changes = dict(changes)
         target = resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid)
-        merged = {k: changes.get(k, getattr(eip, k)) for k in _SPEC_KEYS}
+        merged = _Merged(eip, dict(changes))  # as requested, before the entry effects below add to changes
         new_work: NewWork | None = None
         finish: tuple[int, str] | None = None
         update: tuple[int, str, Mapping[str, Any]] | None = None

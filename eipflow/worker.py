@@ -28,6 +28,7 @@ import structlog
 from .api import Eipflow
 from .runner import Runner, default_owner
 from .store.database import retry_transient, translate_errors
+from .store.statements import due_conditions, work_claim
 from .store.store import WORK, _work
 from .values import WorkItem
 
@@ -77,6 +78,12 @@ class Worker:
         self.heartbeat_interval = lease / 3 if heartbeat_interval == -1.0 else (heartbeat_interval or None)
         dialect = flow.store.engine.dialect.name
         self.skip_locked = dialect in _SKIP_LOCKED_DIALECTS if skip_locked is None else skip_locked
+        self._picks = [
+            sa.select(WORK.c.id).where(cond).order_by(WORK.c.due_at, WORK.c.id).limit(1)
+            .with_for_update(skip_locked=True)
+            for cond in due_conditions(sa.bindparam("now"))
+        ]
+        self._claim_picked = work_claim()
         self.ran = 0
         #: set every time the heartbeat renewed a lease (tests wait on it instead of sleeping)
         self.heartbeat = threading.Event()
@@ -106,34 +113,22 @@ class Worker:
     @retry_transient
     def _claim_skip_locked(self) -> WorkItem | None:
         # Candidates locked by another worker's claim are skipped, not waited for; the UPDATE
-        # repeats the claim's conditions, so the compare-and-swap stays the guarantee.
+        # repeats the claim's conditions, so the compare-and-swap stays the guarantee. Expired leases
+        # first, then due items: each pick is one in-order scan of the (status, due_at) index.
         now = self.store.clock.now()
-        claimable = sa.or_(
-            sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
-            sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
-        )
-        pick = (
-            sa.select(WORK.c.id)
-            .where(claimable)
-            .order_by(WORK.c.due_at, WORK.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
         engine = self.store.engine
         with translate_errors(engine), engine.begin() as conn:
-            work_id = conn.execute(pick).scalar()
+            work_id = None
+            for pick in self._picks:
+                work_id = conn.execute(pick, {"now": now}).scalar()
+                if work_id is not None:
+                    break
             if work_id is None:
                 return None
             claimed = conn.execute(
-                WORK.update()
-                .where(WORK.c.id == work_id, claimable)
-                .values(
-                    status="running",
-                    lease_owner=self.owner,
-                    lease_expires_at=now + timedelta(seconds=self.lease_seconds),
-                    attempts=WORK.c.attempts + 1,
-                    updated_at=now,
-                )
+                self._claim_picked,
+                {"w_id": work_id, "w_now": now, "s_owner": self.owner, "s_now": now,
+                 "s_expires": now + timedelta(seconds=self.lease_seconds)},
             )
             if claimed.rowcount != 1:
                 return None

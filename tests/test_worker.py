@@ -298,3 +298,42 @@ def test_worker_process_stops_gracefully(sqlite_url: str, gate_dir: Path, sig: s
         assert [w.status for w in flow.work_items()].count("pending") == 1
         assert Worker(flow, heartbeat_interval=None).run_once() == 1
         assert check(flow.store, flow.backend) == []
+
+
+def test_due_items_come_expired_leases_first_then_in_due_order(db_url: str) -> None:
+    """The claim order every worker uses (CAS pick and SKIP LOCKED pick alike), on every database."""
+    clock = ManualClock(datetime(2026, 3, 1, tzinfo=UTC))
+    flow = Eipflow.open(db_url, InMemoryDataplane(), clock=clock, owner="w")
+    try:
+        eips = [flow.create_eip(v) for v in VIPS[:3]]
+        for n, e in enumerate(eips, start=1):
+            _attach(flow, e.uuid, n)  # one pending apply each, due one second apart
+            clock.advance(1)
+        first, second, third = (flow.store.get(e.uuid).work_id for e in eips)  # type: ignore[union-attr]
+        assert flow.store.claim(second, "gone-worker", lease_seconds=5) is not None  # its lease will expire
+        clock.advance(10)
+
+        assert flow.store.due_work(clock.now()) == [second, first, third]
+        assert flow.store.due_work(clock.now(), limit=2) == [second, first]
+        worker = Worker(flow, heartbeat_interval=None)
+        picked = worker.claim_next()
+        assert picked is not None and picked.id == second and picked.lease_owner == worker.owner
+        assert picked.attempts == 2  # the expired lease's attempt counts
+    finally:
+        flow.close()
+
+
+def test_picking_due_work_never_sorts_the_backlog(sqlite_url: str) -> None:
+    """Both picks are in-order range scans of (status, due_at): a backlog of N items costs O(log N) a claim."""
+    import sqlalchemy as sa
+
+    from eipflow.store.statements import due_conditions
+    from eipflow.store.store import WORK
+
+    with Eipflow.open(sqlite_url, InMemoryDataplane()) as flow:
+        with flow.store.engine.connect() as conn:
+            for cond in due_conditions(sa.literal_column("'2026-01-01 00:00:00.000000'")):
+                stmt = sa.select(WORK.c.id).where(cond).order_by(WORK.c.due_at, WORK.c.id).limit(20)
+                sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+                assert "ix_eip_work_due" in plan and "TEMP B-TREE" not in plan, plan

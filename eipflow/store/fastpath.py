@@ -55,6 +55,10 @@ WORK = WorkRow.__table__  # type: ignore[attr-defined]
 VM = VmRow.__table__  # type: ignore[attr-defined]
 _EIP_COLS = tuple(c.name for c in EIP.columns)
 _DT_COLS = frozenset(c.name for c in EIP.columns if isinstance(c.type, UTCDateTime))
+_EIP_VALUES = operator.attrgetter(*_EIP_COLS)  # an Eip's values in column order, read in C
+_EIP_INDEX = {c: i for i, c in enumerate(_EIP_COLS)}
+_SET = {c: f"s_{c}" for c in _EIP_COLS}  # parameter names, built once
+_WHERE = {c: f"w_{c}" for c in _EIP_COLS}
 _WORK_COLS = tuple(c.name for c in WORK.columns)
 _WORK_DT_COLS = frozenset(c.name for c in WORK.columns if isinstance(c.type, UTCDateTime))
 
@@ -446,7 +450,6 @@ class FastPath:
 
     def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime, *, guard_work: bool = False) -> Eip | None:
         changes = dict(plan.changes)
-        version = eip.version + 1
         out = self._out
         now_db = out(now)  # formatted once: it is written up to five times
         if plan.finish_work is not None:
@@ -462,24 +465,27 @@ class FastPath:
         predicates = plan.predicates
         if guard_work:
             predicates = {**predicates, "work_id": eip.work_id}
-        pred_cols = tuple(sorted(predicates))
         params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
         for c, v in predicates.items():
-            params[f"w_{c}"] = out(v)
+            params[_WHERE[c]] = out(v) if type(v) is datetime else v
         changes["state"] = plan.target
-        changes["version"] = version
-        changes["updated_at"] = now
+        changes["version"] = eip.version + 1
         if plan.target == "deleted":
-            sql = self._delete(pred_cols)
+            sql = self._delete(tuple(sorted(predicates)))
         else:
-            sql = self._update(tuple(sorted(changes)), pred_cols)
             for c, v in changes.items():
-                params[f"s_{c}"] = out(v) if c != "updated_at" else now_db
+                params[_SET[c]] = out(v) if type(v) is datetime else v
+            params["s_updated_at"] = now_db
+            sql = self._update(tuple(sorted(changes.keys() | {"updated_at"})), tuple(sorted(predicates)))
         cur.execute(sql.text, sql.params(params))
         if cur.rowcount != 1:
             return None
         cur.execute(self._history.text, self._history.params(history_params(plan, now_db)))
-        return Eip(*[changes[c] if c in changes else getattr(eip, c) for c in _EIP_COLS])
+        changes["updated_at"] = now
+        values = list(_EIP_VALUES(eip))
+        for c, v in changes.items():
+            values[_EIP_INDEX[c]] = v
+        return Eip(*values)
 
     def _update_work(self, cur: Any, work_id: int, owner: str, values: Mapping[str, Any]) -> None:
         sql = self._work_update(tuple(sorted(values)))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from .schema import EipRow, WorkRow
 
-__all__ = ["eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_params"]
+__all__ = ["due_conditions", "eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_params"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
@@ -40,16 +40,22 @@ def eip_cas_delete(pred_cols: tuple[str, ...] = ()) -> Any:
     return EIP.delete().where(*_cas_where(pred_cols))
 
 
+def due_conditions(now: Any) -> tuple[Any, Any]:
+    """What makes an item claimable, as two conditions that each scan the ``(status, due_at)`` index in order:
+    running with an expired lease (few: at most one per busy worker), and pending and due."""
+    return (
+        sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
+        sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
+    )
+
+
 def work_claim() -> Any:
     """Lease one item: ``UPDATE eip_work SET status='running', lease… WHERE id AND (due pending OR lease expired)``."""
     return (
         WORK.update()
         .where(
             WORK.c.id == sa.bindparam("w_id"),
-            sa.or_(
-                sa.and_(WORK.c.status == "pending", WORK.c.due_at <= sa.bindparam("w_now")),
-                sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < sa.bindparam("w_now")),
-            ),
+            sa.or_(*due_conditions(sa.bindparam("w_now"))),
         )
         .values(
             status="running",
