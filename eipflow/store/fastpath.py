@@ -218,7 +218,9 @@ class FastPath:
         pin: _Pin | None = getattr(self._local, "pin", None)
         if pin is not None and pin.fairy is not None:
             if pin.pid != os.getpid():
-                pin.fairy = None  # inherited across fork(): abandon it, never use or close it here
+                # Inherited across fork(): abandon it, never use or close it here (when it is collected,
+                # psycopg skips PQfinish in a child process and PyMySQL just drops the descriptor).
+                pin.fairy = None
             elif self._recycle is None or time.monotonic() - pin.born < self._recycle:
                 return pin
             else:
