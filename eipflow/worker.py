@@ -28,7 +28,7 @@ import structlog
 from .api import Eipflow
 from .runner import Runner, default_owner
 from .store.database import retry_transient, translate_errors
-from .store.statements import due_conditions, work_claim
+from .store.statements import due_picks, work_claim
 from .store.store import WORK, _work
 from .values import WorkItem
 
@@ -78,11 +78,7 @@ class Worker:
         self.heartbeat_interval = lease / 3 if heartbeat_interval == -1.0 else (heartbeat_interval or None)
         dialect = flow.store.engine.dialect.name
         self.skip_locked = dialect in _SKIP_LOCKED_DIALECTS if skip_locked is None else skip_locked
-        self._picks = [
-            sa.select(WORK.c.id).where(cond).order_by(WORK.c.due_at, WORK.c.id).limit(1)
-            .with_for_update(skip_locked=True)
-            for cond in due_conditions(sa.bindparam("now"))
-        ]
+        self._picks = [pick.with_for_update(skip_locked=True) for pick in due_picks(1)]
         self._claim_picked = work_claim()
         self.ran = 0
         #: set every time the heartbeat renewed a lease (tests wait on it instead of sleeping)

@@ -1,15 +1,17 @@
-"""Helpers shared by the race tests."""
+"""Helpers shared by the test suites."""
 
 from __future__ import annotations
 
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pydot
 import sqlalchemy as sa
 
 PG_ENV = "EIPFLOW_TEST_POSTGRES_URL"
@@ -86,3 +88,13 @@ def fresh_database(kind: str, tmp_dir: Path) -> Iterator[str]:
         yield from _fresh_postgres(os.environ[PG_ENV])
     else:
         yield from _fresh_mariadb(os.environ[MARIADB_ENV])
+
+
+def parse_dot(src: str) -> pydot.Dot:
+    """Parse Graphviz DOT text (what the diagram tests read back)."""
+    with warnings.catch_warnings():
+        # pydot 4.0.1's parser still calls pyparsing's camelCase API, deprecated in pyparsing 3.3
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graphs = pydot.graph_from_dot_data(src)
+    assert graphs, "DOT did not parse"
+    return graphs[0]

@@ -5,29 +5,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import warnings
 from pathlib import Path
 
-import pydot
 import pytest
 
 from eipflow import Eipflow, InMemoryDataplane
 from eipflow.cli import main
 from eipflow.diagrams import current_spec, text_files
 from eipflow.diagrams.renderers.style import STATUS
+from tests._support import parse_dot
 
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="Graphviz 'dot' is not installed (apt-get install graphviz)"
 )
-
-
-def parse_dot(src: str) -> pydot.Dot:
-    with warnings.catch_warnings():
-        # pydot 4.0.1's parser still calls pyparsing's camelCase API, deprecated in pyparsing 3.3
-        warnings.simplefilter("ignore", DeprecationWarning)
-        graphs = pydot.graph_from_dot_data(src)
-    assert graphs, "DOT did not parse"
-    return graphs[0]
 
 
 @needs_dot

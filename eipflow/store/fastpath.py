@@ -40,9 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..errors import EipNotFound
-from ..values import Eip, EipSpec, Vm, WorkItem
+from ..values import Eip, Vm, WorkItem
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update, history_params, work_claim, work_params
+from .statements import eip_cas_delete, eip_cas_update, history_params, work_claim, work_item, work_params
 
 __all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
 
@@ -262,34 +262,24 @@ class FastPath:
     def _eip(self, row: tuple[Any, ...]) -> Eip:
         values = dict(zip(_EIP_COLS, row, strict=True))
         for col in _DT_COLS:
-            raw = values[col]
-            if isinstance(raw, str):
-                raw = datetime.fromisoformat(raw)
-            values[col] = raw.replace(tzinfo=UTC) if raw is not None else None
+            values[col] = self._aware(values[col])
         values["attach_confirmed"] = bool(values["attach_confirmed"])
         return Eip(**values)
 
     @staticmethod
-    def _aware(raw: Any) -> datetime | None:
+    def _aware(raw: Any) -> Any:
+        """A datetime column as read (SQLite: text) as an aware UTC datetime."""
         if raw is None:
             return None
         if isinstance(raw, str):
             raw = datetime.fromisoformat(raw)
-        return raw.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return raw.replace(tzinfo=UTC)
 
     def _work_item(self, row: tuple[Any, ...]) -> WorkItem:
-        m = dict(zip(_WORK_COLS, row, strict=True))
+        values = dict(zip(_WORK_COLS, row, strict=True))
         for col in _WORK_DT_COLS:
-            m[col] = self._aware(m[col])
-        spec = None
-        if m["host_uuid"] is not None:
-            spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
-        return WorkItem(
-            id=m["id"], eip_uuid=m["eip_uuid"], action=m["action"], spec=spec, status=m["status"],
-            attempts=m["attempts"], due_at=m["due_at"], lease_owner=m["lease_owner"],
-            lease_expires_at=m["lease_expires_at"], last_error=m["last_error"], cleanup=bool(m["cleanup"]),
-            created_at=m["created_at"], updated_at=m["updated_at"],
-        )
+            values[col] = self._aware(values[col])
+        return work_item(values)
 
     # -- statements ------------------------------------------------------------------------------
     def _update(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> _Sql:
@@ -404,8 +394,7 @@ class FastPath:
                 cur.execute(self._vm.text, self._vm.params({"u": eip.vm_uuid}))
                 found = cur.fetchone()
                 if found is not None:
-                    at = datetime.fromisoformat(found[3]) if isinstance(found[3], str) else found[3]
-                    vm = Vm(found[0], found[1], bool(found[2]), at.replace(tzinfo=UTC))
+                    vm = Vm(found[0], found[1], bool(found[2]), self._aware(found[3]))
             try:
                 plan = decide(eip, vm)
                 written = self._write(cur, eip, plan, now)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..values import EipSpec, WorkItem
 from .schema import EipRow, WorkRow
 
-__all__ = ["due_conditions", "eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_params"]
+__all__ = [
+    "due_conditions", "due_picks", "eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_item",
+    "work_params",
+]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
@@ -47,6 +51,14 @@ def due_conditions(now: Any) -> tuple[Any, Any]:
         sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
         sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
     )
+
+
+def due_picks(limit: Any) -> list[Any]:
+    """``SELECT id`` of claimable items, one statement per :func:`due_conditions` branch, in claim order."""
+    return [
+        sa.select(WORK.c.id).where(cond).order_by(WORK.c.due_at, WORK.c.id).limit(limit)
+        for cond in due_conditions(sa.bindparam("now"))
+    ]
 
 
 def work_claim() -> Any:
@@ -102,3 +114,16 @@ def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], An
         "created_at": stamp,
         "updated_at": stamp,
     }
+
+
+def work_item(m: Mapping[str, Any]) -> WorkItem:
+    """A work-item row (column name → value, datetimes already aware) as the :class:`WorkItem` callers get."""
+    spec = None
+    if m["host_uuid"] is not None:
+        spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
+    return WorkItem(
+        id=m["id"], eip_uuid=m["eip_uuid"], action=m["action"], spec=spec, status=m["status"],
+        attempts=m["attempts"], due_at=m["due_at"], lease_owner=m["lease_owner"],
+        lease_expires_at=m["lease_expires_at"], last_error=m["last_error"], cleanup=bool(m["cleanup"]),
+        created_at=m["created_at"], updated_at=m["updated_at"],
+    )

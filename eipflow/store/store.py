@@ -21,11 +21,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..clock import Clock, SystemClock
 from ..errors import EipNotFound, GuestIpInUse, InvalidInput, VipInUse
-from ..values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
+from ..values import Eip, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
 from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
-from .statements import due_conditions, eip_cas_delete, eip_cas_update, history_params, work_claim, work_params
+from .statements import due_picks, eip_cas_delete, eip_cas_update, history_params, work_claim, work_item, work_params
 
 __all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
 
@@ -101,25 +101,7 @@ def _eip(row: Any) -> Eip:
 
 
 def _work(row: Any) -> WorkItem:
-    m = row._mapping
-    spec = None
-    if m["host_uuid"] is not None:
-        spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
-    return WorkItem(
-        id=m["id"],
-        eip_uuid=m["eip_uuid"],
-        action=m["action"],
-        spec=spec,
-        status=m["status"],
-        attempts=m["attempts"],
-        due_at=m["due_at"],
-        lease_owner=m["lease_owner"],
-        lease_expires_at=m["lease_expires_at"],
-        last_error=m["last_error"],
-        cleanup=bool(m["cleanup"]),
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-    )
+    return work_item(row._mapping)
 
 
 def _record(row: Any) -> TransitionRecord:
@@ -158,10 +140,7 @@ class Store:
             HISTORY.c.version
         )
         self._claim = work_claim()
-        self._due_expired, self._due_pending = (
-            sa.select(WORK.c.id).where(cond).order_by(WORK.c.due_at, WORK.c.id).limit(sa.bindparam("n"))
-            for cond in due_conditions(sa.bindparam("now"))
-        )
+        self._due_expired, self._due_pending = due_picks(sa.bindparam("n"))
 
     # -- connections ---------------------------------------------------------------------------
     def close(self) -> None:

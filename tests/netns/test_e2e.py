@@ -122,6 +122,20 @@ def attach(flow: Eipflow, eip: Eip, host: str = "host-1") -> Eip:
     return flow.attach(eip.uuid, nic=NIC, guest_ip=GUEST_IP, vm=VM, host=host)
 
 
+def held_attach(
+    topo: Topology, open_flow: Callable[..., Eipflow], **flow_options: Any
+) -> tuple[HoldFifo, Eipflow, Eip, InThread]:
+    """Agents on both hosts, host-1's held; an attach in a thread, returned once its apply is held."""
+    hold = HoldFifo(topo.workdir / "hold")
+    topo.start_agent("host-1", hold_fifo=hold.path)
+    topo.start_agent("host-2")
+    flow = open_flow(**flow_options)
+    eip = flow.create_eip(VIP)
+    call = InThread(lambda: attach(flow, eip))
+    hold.wait_entered()
+    return hold, flow, eip, call
+
+
 def reaches_guest(topo: Topology, vip: str = VIP) -> str | None:
     """Connect from outside to ``vip``; the guest's greeting, or ``None`` when the connection fails."""
     ok, output = topo.lab.fetch(topo.outside, vip, PORT, timeout=1.5)
@@ -183,13 +197,7 @@ def test_vm_stop_during_a_slowed_apply_leaves_no_rule_anywhere(
 ) -> None:
     """S3 on a real kernel: the rule is in host-1's ruleset while the apply is held; the VM stops;
     once the apply returns, the runner revokes it. No rule on either host; connections fail."""
-    hold = HoldFifo(topo.workdir / "hold")
-    topo.start_agent("host-1", hold_fifo=hold.path)
-    topo.start_agent("host-2")
-    flow = open_flow()
-    eip = flow.create_eip(VIP)
-    call = InThread(lambda: attach(flow, eip))
-    hold.wait_entered()
+    hold, flow, eip, call = held_attach(topo, open_flow)
     try:
         assert len(topo.eip_rules("host-1")) == 2  # applied in the kernel, not yet acknowledged
         flow.vm_stopped(VM)
@@ -211,13 +219,7 @@ def test_migration_during_apply_ends_with_traffic_through_host2_only(
 ) -> None:
     """S6: the VM migrates while host-1's apply is held; afterwards host-1 holds nothing and the
     connection is counted by host-2's DNAT rule."""
-    hold = HoldFifo(topo.workdir / "hold")
-    topo.start_agent("host-1", hold_fifo=hold.path)
-    topo.start_agent("host-2")
-    flow = open_flow()
-    eip = flow.create_eip(VIP)
-    call = InThread(lambda: attach(flow, eip))
-    hold.wait_entered()
+    hold, flow, _eip, call = held_attach(topo, open_flow)
     try:
         topo.plug_guest("host-2")  # the VM moved ...
         flow.vm_migrated(VM, "host-2")  # ... and the platform says so while the apply is in flight
@@ -300,14 +302,8 @@ def test_kill_9_agent_mid_apply_then_restart_and_drain_converges(
 ) -> None:
     """The agent dies after nft committed and before it answered (unknown outcome). After a restart,
     draining the durable work (past the lease and backoff) leaves the kernel matching the database."""
-    hold = HoldFifo(topo.workdir / "hold")
-    topo.start_agent("host-1", hold_fifo=hold.path)
-    topo.start_agent("host-2")
     clock = ManualClock()
-    flow = open_flow(clock=clock, lease_seconds=5)
-    eip = flow.create_eip(VIP)
-    call = InThread(lambda: attach(flow, eip))
-    hold.wait_entered()
+    hold, flow, eip, call = held_attach(topo, open_flow, clock=clock, lease_seconds=5)
     assert len(topo.eip_rules("host-1")) == 2  # the rule is in the kernel ...
     topo.kill_agent("host-1")  # ... and the agent dies before saying so
     hold.release()

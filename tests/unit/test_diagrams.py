@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from eipflow.diagrams import (
 from eipflow.diagrams import graphviz as gv
 from eipflow.diagrams.renderers import to_dot, to_markdown, to_mermaid
 from eipflow.diagrams.renderers.style import STATUS
+from tests._support import parse_dot
 
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="Graphviz 'dot' is not installed (apt-get install graphviz)"
@@ -65,15 +65,6 @@ def parse_label(label: str, *, line_break: str) -> list[tuple[str, str, tuple[in
             steps = tuple(int(n) for n in re.findall(r"\((\d+)\)", entry))
             out.append((m["event"], m["guard"] or "", steps))
     return out
-
-
-def parse_dot(src: str) -> pydot.Dot:
-    with warnings.catch_warnings():
-        # pydot 4.0.1's parser still calls pyparsing's camelCase API, deprecated in pyparsing 3.3
-        warnings.simplefilter("ignore", DeprecationWarning)
-        graphs = pydot.graph_from_dot_data(src)
-    assert graphs, "DOT did not parse"
-    return graphs[0]
 
 
 def dot_rows(src: str) -> tuple[set[str], set[Row], pydot.Dot]:
