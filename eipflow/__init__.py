@@ -6,7 +6,16 @@ The public API is re-exported here; everything else is private to its module.
 from ._version import __version__
 from .aio import AsyncEipflow
 from .api import DEFAULT_LEASE_SECONDS, Eipflow, connect
-from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, SimulatedDataplane, load_backend
+from .backends import (
+    Backend,
+    Faults,
+    Gate,
+    HostRecord,
+    InMemoryDataplane,
+    ListsRules,
+    SimulatedDataplane,
+    load_backend,
+)
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     AttachFailed,
@@ -25,6 +34,7 @@ from .errors import (
     InvalidInput,
     NotFound,
     OperationIdReused,
+    StaleGeneration,
     VersionConflict,
     VipInUse,
     WorkItemNotFound,
@@ -57,6 +67,7 @@ __all__ = [
     "Faults",
     "Gate",
     "GuestIpInUse",
+    "HostRecord",
     "IllegalTransition",
     "InMemoryDataplane",
     "InvalidAddress",
@@ -72,6 +83,7 @@ __all__ = [
     "Repair",
     "RetryPolicy",
     "SimulatedDataplane",
+    "StaleGeneration",
     "StepPending",
     "SystemClock",
     "TransitionRecord",

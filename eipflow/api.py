@@ -7,7 +7,6 @@ import os
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -109,7 +108,9 @@ class Eipflow:
             backend: a :class:`~eipflow.Backend`, an import path ``package.module:factory``, or
                 ``None`` for ``$EIPFLOW_BACKEND`` or the built-in simulated dataplane (rules kept in
                 the same database, so separate processes share it).
-            clock: where timestamps come from (tests inject a manual clock).
+            clock: this process's clock: it stamps rows and schedules retries (tests inject a manual
+                clock). Leases are never judged by it but by the database's clock
+                (``flow.store.lease_clock``), so a process whose clock is skewed cannot take a live lease.
             lease_seconds: how long a claimed work item stays ours (default ``$EIPFLOW_LEASE_SECONDS`` or 60).
             retry: the backoff policy for failed backend work.
             owner: the lease owner name (default host:pid:random).
@@ -155,8 +156,7 @@ class Eipflow:
                 raise OperationIdReused(op_id, existing["request"], text)
             if existing["status"] != "running":
                 return self._replay(existing, decode)
-            stale = self.store.clock.now() - timedelta(seconds=self.runner.lease_seconds)
-            if self.operations.take_over(op_id, stale):
+            if self.operations.take_over(op_id, self.runner.lease_seconds):
                 break  # its first caller died mid-way; the steps below are idempotent
             if time.monotonic() > deadline:
                 raise ConflictError(f"operation {op_id} is still running in another caller; retry later")
@@ -254,7 +254,9 @@ class Eipflow:
         self.store.require(uuid)
         known = self.store.vm(vm)
         if known is None:
-            known = self.store.record_vm(vm, host, running=True)
+            # Our host is only a guess from the caller's read: it never overwrites a fact recorded meanwhile.
+            known = self.store.record_vm(vm, host, running=True, expected_version=0) or self.store.vm(vm)
+            assert known is not None
         placed = known.host_uuid if known.running else None
         changes = {
             "vm_nic_uuid": nic, "guest_ip": guest_ip, "vm_uuid": vm, "host_uuid": placed,
@@ -322,13 +324,20 @@ class Eipflow:
         """What eipflow was last told about the VM, or ``None``."""
         return self.store.vm(v.opaque_id("vm", vm))
 
+    def _record_vm_fact(self, vm: str, host: str | None, event: str) -> str | None:
+        """Record the VM fact an event brings; a migration keeps the recorded power state (checked, not blind)."""
+        while True:
+            known = self.store.vm(vm)
+            running = host is not None if event != "vm_migrated" else (known.running if known else True)
+            placed = host if running else None
+            expected = known.version if known is not None else 0
+            if self.store.record_vm(vm, placed, running, expected_version=expected) is not None:
+                return placed
+
     def _vm_event(self, vm: str, host: str | None, event: str, op_id: str | None, wait: bool) -> list[Eip]:
-        known = self.store.vm(vm)
-        running = host is not None if event != "vm_migrated" else (known.running if known else True)
-        placed = host if running else None
         # The fact first, then the bindings: an attach racing with us either sees this fact when it
         # proceeds, or has its binding visible to the query below.
-        self.store.record_vm(vm, placed, running)
+        placed = self._record_vm_fact(vm, host, event)
         def placement(row: Eip) -> dict[str, Any]:
             if row.vm_uuid != vm:
                 raise NotApplicable(row.uuid)  # rebound to another VM since we listed it

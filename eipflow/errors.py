@@ -17,7 +17,8 @@
     │   ├── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
     │   └── StepPending         (retryable: a step's backend work is still in flight elsewhere)
     ├── BackendError            (retryable: bool)
-    │   └── BackendTimeout      (outcome unknown: treated as maybe-applied)
+    │   ├── BackendTimeout      (outcome unknown: treated as maybe-applied)
+    │   └── StaleGeneration     (the host has seen a newer generation of this EIP: superseded, never retried)
     ├── AttachFailed            (the attach's apply failed and was rolled back)
     ├── DatabaseError           (connection problems; the URL is shown without its password)
     └── eipflow.diagrams.errors (GraphvizNotFound, GraphvizFailed, DiagramsStale; InvalidSpec and
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "OperationIdReused",
+    "StaleGeneration",
     "StepPending",
     "VersionConflict",
     "VipInUse",
@@ -220,6 +222,45 @@ class BackendError(EipflowError):
 
 class BackendTimeout(BackendError):
     """The backend did not answer in time: the outcome is unknown (maybe applied)."""
+
+
+class StaleGeneration(BackendError):
+    """The host refused a call: it has already seen a newer generation of this EIP (a fencing token).
+
+    Every backend call carries the EIP's *generation* (``EipSpec.generation``). A host remembers, per
+    EIP, the highest generation it has seen, applied or revoked, and refuses what is older — so an actor
+    acting on what it *used to* own (a worker paused past its lease, a late cleanup) cannot change the
+    dataplane. Never retryable: the call was superseded, not failed.
+
+    Attributes:
+        eip_uuid: the EIP.
+        host_uuid: the host that refused.
+        requested: the generation the call carried.
+        current: the highest generation the host has seen for the EIP.
+        reason: ``older`` (a newer generation was seen), ``revoked`` (this generation was already
+            revoked), ``changed`` (this generation was applied with other content) or ``newer_rule``
+            (a revoke met a rule of a newer generation, which it must not remove).
+    """
+
+    REASONS = ("older", "revoked", "changed", "newer_rule")
+
+    def __init__(self, eip_uuid: str, host_uuid: str, requested: int, current: int, reason: str) -> None:
+        self.eip_uuid = eip_uuid
+        self.host_uuid = host_uuid
+        self.requested = requested
+        self.current = current
+        self.reason = reason
+        why = {
+            "older": "it has seen a newer one",
+            "revoked": "that generation was already revoked",
+            "changed": "that generation was already applied with other content",
+            "newer_rule": "the rule it holds is newer than the revoke",
+        }.get(reason, reason)
+        super().__init__(
+            f"host {host_uuid} refused generation {requested} of EIP {eip_uuid}: {why} "
+            f"(host has {current}); the call was superseded",
+            retryable=False,
+        )
 
 
 class AttachFailed(EipflowError):

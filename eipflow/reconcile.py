@@ -121,6 +121,7 @@ class Reconciler:
     def plan(self, host: str | None = None) -> tuple[list[Repair], bool]:
         """The repairs needed now, and whether the dataplane could be checked (the backend lists rules)."""
         now = self.store.clock.now()
+        lease_now = self.store.lease_clock.now()  # leases are judged on the shared clock, never ours
         before = self._rows(host)
         backend = self.flow.backend
         rules: list[EipSpec] | None = backend.rules(host) if isinstance(backend, ListsRules) else None
@@ -131,10 +132,10 @@ class Reconciler:
         repairs: list[Repair] = []
         for eip in after.values():
             if eip.state in IN_FLIGHT:
-                repairs.extend(self._in_flight(eip, by_id.get(eip.work_id) if eip.work_id else None, now))
+                repairs.extend(self._in_flight(eip, by_id.get(eip.work_id) if eip.work_id else None, now, lease_now))
         for item in work:
             if item.cleanup and item.spec is not None and host in (None, item.spec.host_uuid):
-                repairs.extend(self._cleanup(item, now))
+                repairs.extend(self._cleanup(item, now, lease_now))
         if rules is not None:
             settled = {u: e for u, e in after.items() if u in before and before[u].version == e.version}
             gone = {r.eip_uuid for r in rules} - set(before) - set(after)
@@ -150,7 +151,7 @@ class Reconciler:
     def _rows(self, host: str | None) -> dict[str, Eip]:
         return {e.uuid: e for e in self.store.eips(host_uuid=host)}
 
-    def _in_flight(self, eip: Eip, item: WorkItem | None, now: Any) -> list[Repair]:
+    def _in_flight(self, eip: Eip, item: WorkItem | None, now: Any, lease_now: Any) -> list[Repair]:
         def repair(kind: str, reason: str) -> list[Repair]:
             return [Repair(kind, eip.uuid, eip.applied_host or eip.host_uuid, reason,
                            work_id=item.id if item else None, state=eip.state, version=eip.version)]
@@ -159,19 +160,19 @@ class Reconciler:
             return repair("relink", f"{eip.state} but its work item {eip.work_id} is gone")
         if item.status == "parked":
             return repair("parked", f"{item.action} parked: {item.last_error}")
-        if item.status == "running" and item.lease_expires_at is not None and item.lease_expires_at < now:
+        if item.status == "running" and item.lease_expires_at is not None and item.lease_expires_at < lease_now:
             return repair("redrive", f"{item.action} leased by {item.lease_owner} expired at "
                                      f"{item.lease_expires_at.isoformat()}")
         if item.status == "pending" and item.due_at <= now:
             return repair("redrive", f"{item.action} due since {item.due_at.isoformat()} and not run")
         return []  # leased by a live worker, or waiting for its backoff
 
-    def _cleanup(self, item: WorkItem, now: Any) -> list[Repair]:
+    def _cleanup(self, item: WorkItem, now: Any, lease_now: Any) -> list[Repair]:
         assert item.spec is not None
         host = item.spec.host_uuid
         if item.status == "parked":
             return [Repair("parked", item.eip_uuid, host, f"cleanup revoke parked: {item.last_error}", work_id=item.id)]
-        expired = item.status == "running" and item.lease_expires_at is not None and item.lease_expires_at < now
+        expired = item.status == "running" and item.lease_expires_at is not None and item.lease_expires_at < lease_now
         if expired or (item.status == "pending" and item.due_at <= now):
             return [Repair("redrive", item.eip_uuid, host, "cleanup revoke overdue", work_id=item.id)]
         return []
@@ -270,7 +271,11 @@ class Reconciler:
         action = work_for(eip.state)
         assert action is not None and eip.vm_nic_uuid is not None and eip.guest_ip is not None
         host = None if eip.state == "binding" else eip.applied_host  # binding fixes its host when it proceeds
-        work_id = self.store.relink_work(eip, NewWork(action, eip.vip, eip.vm_nic_uuid, eip.guest_ip, host))
+        # A fresh generation, above every call the lost item may still have in flight somewhere.
+        generation = eip.version if host is not None else None
+        work_id = self.store.relink_work(
+            eip, NewWork(action, eip.vip, eip.vm_nic_uuid, eip.guest_ip, host, generation=generation)
+        )
         if work_id is None:
             return "skipped: the row moved since the plan"
         log.warning("reconcile.relinked", eip_uuid=eip.uuid, work_id=work_id, state=eip.state)
@@ -284,8 +289,12 @@ class Reconciler:
             # Intent before action: the repair and its reason go into the EIP's history first.
             details = {"reason": repair.reason, "host_uuid": rule.host_uuid, "guest_ip": rule.guest_ip}
             self._fire(repair, "stray_detected", details)
+        # The revoke carries the generation the host reported for the stray rule: if the EIP is applied
+        # there again (a newer generation) before the revoke lands, the host refuses it.
         work_id = self.store.add_work(
-            rule.eip_uuid, NewWork("revoke", rule.vip, rule.vm_nic_uuid, rule.guest_ip, rule.host_uuid, cleanup=True)
+            rule.eip_uuid,
+            NewWork("revoke", rule.vip, rule.vm_nic_uuid, rule.guest_ip, rule.host_uuid, cleanup=True,
+                    generation=rule.generation),
         )
         item = self.runner.run_item(work_id)
         done = self.store.work_item(work_id)

@@ -27,8 +27,9 @@ from typing import Any
 import structlog
 
 from .backends.base import Backend
-from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, VersionConflict
+from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, StaleGeneration, VersionConflict
 from .faultpoints import crash_point
+from .heartbeat import Heartbeat
 from .machine import Facts
 from .store import LeaseLost, NewWork, PlannedTransition, Store
 from .table import resolve
@@ -108,6 +109,7 @@ class Runner:
         lease_seconds: float = 60.0,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        heartbeat_interval: float | None = -1.0,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -116,6 +118,11 @@ class Runner:
         self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
         self.conflicts = 0  # lost compare-and-swaps, for reports
+        #: renews the lease of every item this runner executes (default every third of the lease;
+        #: ``None``/``0`` turns it off) — whoever calls: a worker, an inline API call, a step, the reconciler
+        self.heartbeat = Heartbeat(
+            store, self.owner, lease_seconds, lease_seconds / 3 if heartbeat_interval == -1.0 else heartbeat_interval
+        )
 
     # -- planning ------------------------------------------------------------------------------
     def _plan(
@@ -139,6 +146,9 @@ class Runner:
         predicates: dict[str, Any] = {}
 
         continues = eip.state == "binding" and target == "applying"  # the attach's item goes on
+        # The fencing token of work this transition creates (or fixes): the version it writes. Versions
+        # only grow for an EIP, so every later binding or host decision carries a higher generation.
+        generation = eip.version + 1
         if target == eip.state:
             if item is not None and retry_update is not None:
                 update = (item.id, self.owner, retry_update)
@@ -158,10 +168,11 @@ class Runner:
             elif target == "applying":
                 changes["applied_host"] = merged["host_uuid"]
                 if continues and item is not None:
-                    update = (item.id, self.owner, {"host_uuid": merged["host_uuid"]})
+                    update = (item.id, self.owner, {"host_uuid": merged["host_uuid"], "generation": generation})
                 else:
                     new_work = NewWork(
-                        "apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], merged["host_uuid"]
+                        "apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], merged["host_uuid"],
+                        generation=generation,
                     )
             elif target == "attached":
                 changes.update(attach_confirmed=True, last_error=None, work_id=None)
@@ -170,7 +181,8 @@ class Runner:
             elif target in ("releasing", "detaching", "rolling_back"):
                 host = merged["applied_host"]
                 assert host is not None, f"{eip.uuid}: {target} needs the host that holds the rule"
-                new_work = NewWork("revoke", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host)
+                new_work = NewWork("revoke", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host,
+                                   generation=generation)
             elif target in ("deleted",):
                 pass
         return PlannedTransition(
@@ -299,7 +311,8 @@ class Runner:
         log.debug("work.claimed", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action, attempt=item.attempts)
         crash_point("after_claim")
         try:
-            self._execute(item)
+            with self.heartbeat.holding(item):
+                self._execute(item)
         except LeaseLost:
             log.warning("work.fenced", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action)
         return item
@@ -319,7 +332,7 @@ class Runner:
             if eip is None or eip.state != "applying":
                 return
             assert eip.applied_host is not None and eip.vm_nic_uuid and eip.guest_ip
-            spec = EipSpec(eip.uuid, eip.vip, eip.vm_nic_uuid, eip.guest_ip, eip.applied_host)
+            spec = EipSpec(eip.uuid, eip.vip, eip.vm_nic_uuid, eip.guest_ip, eip.applied_host, eip.version)
         assert spec is not None
         error = self._call(item.action, spec)
         if item.action == "apply":
@@ -330,6 +343,8 @@ class Runner:
             if done is None and (error is None or isinstance(error, BackendTimeout)):
                 self._orphaned_apply(item, spec)  # fenced out after a (maybe) successful apply
         else:
+            if isinstance(error, StaleGeneration):
+                error = None  # the host holds only something newer than this revoke: nothing of ours is left
             self._complete(item, "revoke_ok" if error is None else "revoke_failed", spec=spec, error=error)
 
     def _call(self, action: str, spec: EipSpec) -> BackendError | None:
@@ -344,8 +359,13 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - any backend failure is an unknown outcome, retried
             err = BackendTimeout(f"{type(exc).__name__}: {exc}")
         else:
-            bound.info(f"backend.{action}_ok", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            bound.info(f"backend.{action}_ok", generation=spec.generation,
+                       duration_ms=round((time.perf_counter() - started) * 1000, 3))
             return None
+        if isinstance(err, StaleGeneration):
+            bound.warning(f"backend.{action}_refused", generation=spec.generation, host_generation=err.current,
+                          reason=err.reason, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return err
         bound.warning(
             f"backend.{action}_failed",
             error=str(err),
@@ -433,9 +453,12 @@ class Runner:
         eip = self.store.get(item.eip_uuid)
         if eip is not None and eip.state in ("applying", "attached") and _realizes(eip, spec):
             return
+        # The cleanup carries the generation of the apply it undoes: a host that has since seen a newer
+        # generation of this EIP (a re-attach, even to the same NIC, guest IP and host) refuses it.
         work_id = self.store.add_work(
             item.eip_uuid,
-            NewWork("revoke", spec.vip, spec.vm_nic_uuid, spec.guest_ip, spec.host_uuid, cleanup=True),
+            NewWork("revoke", spec.vip, spec.vm_nic_uuid, spec.guest_ip, spec.host_uuid, cleanup=True,
+                    generation=spec.generation),
         )
         log.warning("work.orphan_revoke_enqueued", eip_uuid=item.eip_uuid, work_id=work_id, host_uuid=spec.host_uuid)
 
@@ -448,6 +471,10 @@ class Runner:
         error = self._call("revoke", item.spec)
         if error is None:
             self.store.set_work_status(item.id, self.owner, "done")
+            return
+        if isinstance(error, StaleGeneration):
+            # A newer generation reached the host first: the rule this cleanup was for is gone or replaced.
+            self.store.set_work_status(item.id, self.owner, "done", error=f"superseded: {error}")
             return
         update = self._reschedule(item, error)
         self.store.set_work_status(item.id, self.owner, update["status"], error=str(error), due_at=update.get("due_at"))

@@ -13,13 +13,27 @@ __all__ = ["Eip", "EipSpec", "TransitionRecord", "Vm", "WorkItem"]
 
 @dataclass(frozen=True, slots=True)
 class EipSpec:
-    """What a backend realizes on a host: NAT ``vip`` <-> ``guest_ip`` of ``vm_nic_uuid``."""
+    """What a backend realizes on a host: NAT ``vip`` <-> ``guest_ip`` of ``vm_nic_uuid``.
+
+    ``generation`` is the fencing token: the EIP row's version at the transition that fixed this
+    work's spec (a cleanup revoke carries the generation of the apply it undoes). It only grows for an
+    EIP. A host refuses a call older than the newest generation it has seen for the EIP
+    (:class:`~eipflow.StaleGeneration`); see :mod:`eipflow.backends.fencing`. ``0`` is older than
+    anything eipflow sends (specs built by hand, rules written before generations existed).
+    """
 
     eip_uuid: str
     vip: str
     vm_nic_uuid: str
     guest_ip: str
     host_uuid: str
+    generation: int = 0
+
+    def same_content(self, other: EipSpec) -> bool:
+        """Whether both realize the same NAT on the same host (generations aside)."""
+        return (self.eip_uuid, self.vip, self.vm_nic_uuid, self.guest_ip, self.host_uuid) == (
+            other.eip_uuid, other.vip, other.vm_nic_uuid, other.guest_ip, other.host_uuid
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +127,4 @@ class Vm:
     host_uuid: str | None  # None when stopped
     running: bool
     updated_at: datetime
+    version: int = 0  # compare-and-swap token of the fact (0: never recorded)

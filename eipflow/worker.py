@@ -8,17 +8,18 @@ of workers spreads over the queue instead of all racing for its head.
 
 A worker that dies leaves a lease that simply expires: the item becomes due
 again and the next worker re-runs it (apply and revoke are idempotent). While a
-backend call runs longer than a lease, a heartbeat thread renews it, so a slow
-but healthy worker is not mistaken for a dead one.
+backend call runs longer than a lease, the runner's heartbeat renews it, so a slow
+but healthy worker is not mistaken for a dead one. Leases are judged on the database's
+clock (:class:`~eipflow.store.LeaseClock`), so a worker whose own clock runs ahead cannot
+take a live lease; and a worker that loses its lease anyway (paused past it) is stopped
+at the host by the generation its calls carry.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import timedelta
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -29,7 +30,7 @@ from .api import Eipflow
 from .runner import Runner, default_owner
 from .store.database import retry_transient, translate_errors
 from .store.statements import due_picks, work_claim
-from .store.store import WORK, _work
+from .store.store import WORK, _work, lease_us
 from .values import WorkItem
 
 __all__ = ["Worker"]
@@ -71,18 +72,19 @@ class Worker:
         self.flow = flow
         self.store = flow.store
         lease = lease_seconds if lease_seconds is not None else flow.runner.lease_seconds
+        self.heartbeat_interval = lease / 3 if heartbeat_interval == -1.0 else (heartbeat_interval or None)
         self.runner = Runner(
-            flow.store, flow.backend, owner=owner or default_owner(), lease_seconds=lease, retry=flow.runner.retry
+            flow.store, flow.backend, owner=owner or default_owner(), lease_seconds=lease, retry=flow.runner.retry,
+            heartbeat_interval=self.heartbeat_interval,
         )
         self.poll_interval = poll_interval
-        self.heartbeat_interval = lease / 3 if heartbeat_interval == -1.0 else (heartbeat_interval or None)
         dialect = flow.store.engine.dialect.name
         self.skip_locked = dialect in _SKIP_LOCKED_DIALECTS if skip_locked is None else skip_locked
         self._picks = [pick.with_for_update(skip_locked=True) for pick in due_picks(1)]
         self._claim_picked = work_claim()
         self.ran = 0
         #: set every time the heartbeat renewed a lease (tests wait on it instead of sleeping)
-        self.heartbeat = threading.Event()
+        self.heartbeat = self.runner.heartbeat.beat
         self._stop = threading.Event()
         self._current: WorkItem | None = None
 
@@ -124,7 +126,7 @@ class Worker:
             claimed = conn.execute(
                 self._claim_picked,
                 {"w_id": work_id, "w_now": now, "s_owner": self.owner, "s_now": now,
-                 "s_expires": now + timedelta(seconds=self.lease_seconds)},
+                 "s_lease_us": lease_us(self.lease_seconds)},
             )
             if claimed.rowcount != 1:
                 return None
@@ -144,8 +146,7 @@ class Worker:
             return None
         self._current = item
         try:
-            with self._heartbeat(item):
-                self.runner.run_claimed(item)
+            self.runner.run_claimed(item)  # renews the lease while the backend call runs
         finally:
             self._current = None
         self.ran += 1
@@ -220,31 +221,3 @@ class Worker:
                 signal.signal(sig, handler)
 
         return restore
-
-    @contextmanager
-    def _heartbeat(self, item: WorkItem) -> Iterator[None]:
-        interval = self.heartbeat_interval
-        if not interval:
-            yield
-            return
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(interval):
-                try:
-                    renewed = self.store.extend_lease(item.id, self.owner, self.lease_seconds)
-                except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the work in flight
-                    log.warning("work.heartbeat_failed", work_id=item.id, error=str(exc))
-                    continue
-                if not renewed:
-                    return  # finished meanwhile, or fenced out: the completion will notice
-                log.debug("work.heartbeat", work_id=item.id, eip_uuid=item.eip_uuid)
-                self.heartbeat.set()
-
-        thread = threading.Thread(target=beat, name=f"eipflow-heartbeat-{item.id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()

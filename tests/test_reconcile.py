@@ -161,7 +161,7 @@ def test_expired_lease_is_redriven_only_after_expiry(db_url: str) -> None:
         assert work_id is not None
         assert flow.store.claim(work_id, "dead-worker", 20) is not None
         assert reconcile(flow).planned == []  # a live lease: its worker may still be running
-        frozen.tick(timedelta(seconds=21))
+        flow.store.lease_clock.advance(21)  # leases expire on the shared (database) clock, not this process's
         report = reconcile(flow)
         assert [(r.kind, r.work_id, r.state) for r in report.planned] == [("redrive", work_id, "binding")]
         assert "dead-worker" in report.planned[0].reason

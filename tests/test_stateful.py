@@ -4,7 +4,10 @@ Concurrency is modelled at the granularity that matters: intents may arrive *ins
 backend runs them re-entrantly — which also proves no transaction is held open across the call), work items
 run in any order, and backend calls fail or time out. At the end the system is drained to quiescence and the
 whole behaviour contract must hold: dataplane == attached EIPs, no in-flight rows, one history row per version
-along legal edges only, no binding left on a detached row, at most one backend call in flight per EIP.
+along legal edges only, no binding left on a detached row, at most one effective backend call in flight per
+EIP. Stale actors are modelled too: any past backend call may be sent again at any point (a zombie worker, a
+request still executing on a host, a replay), and cleanup revokes of old generations may be queued at any
+point; the hosts' generation check must make all of them harmless.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 from eipflow import Eipflow, EipflowError, InMemoryDataplane, ManualClock, RetryPolicy
 from eipflow.invariants import check
+from eipflow.store import NewWork
 from eipflow.values import EipSpec
 from tests._support import fresh_database, skip_reason
 
@@ -38,22 +42,13 @@ class ReentrantDataplane(InMemoryDataplane):
         super().__init__()
         self.during: list[Callable[[], Any]] = []
 
-    def _call(self, action: str, spec: EipSpec) -> None:
-        with self._tracking(spec):
-            pending, self.during = self.during, []
-            for fn in pending:
-                try:
-                    fn()
-                except EipflowError:
-                    pass  # an intent the state did not allow: a legitimate outcome
-            failure = self.faults.before(action, spec)
-            if failure is not None and not failure.timeout:
-                self._log(action, spec, "failed")
-                self.faults.raise_for(failure)
-            (self._put if action == "apply" else self._remove)(spec)
-            self._log(action, spec, "ok")
-            if failure is not None:
-                self.faults.raise_for(failure)
+    def _inside(self, action: str, spec: EipSpec) -> None:
+        pending, self.during = self.during, []
+        for fn in pending:
+            try:
+                fn()
+            except EipflowError:
+                pass  # an intent the state did not allow: a legitimate outcome
 
 
 class EipLifecycle(RuleBasedStateMachine):
@@ -88,6 +83,7 @@ class EipLifecycle(RuleBasedStateMachine):
         self.backend.during.clear()
         for _ in range(50):
             self.clock.advance(10)
+            self.flow.store.lease_clock.advance(10)
             if self.flow.run_due() == 0 and not self.flow.work_items(statuses=["pending", "running"]):
                 return
         raise AssertionError("work never drained")
@@ -145,6 +141,29 @@ class EipLifecycle(RuleBasedStateMachine):
         }
         self.backend.during.append(calls[kind])
 
+    @precondition(lambda self: bool(self.backend.calls))
+    @rule(data=st.data())
+    def zombie_call_lands_late(self, data: st.DataObject) -> None:
+        """A stale actor's call reaches the host late: a worker paused past its lease, a request still
+        executing on the host after its caller was killed, a replayed request. Only the generation check
+        stands between it and the dataplane: it must change nothing the database does not want."""
+        call = data.draw(st.sampled_from(list(self.backend.calls)))
+        try:
+            (self.backend.apply if call.action == "apply" else self.backend.revoke)(call.spec)
+        except EipflowError:
+            pass  # refused (stale generation) or a fault: either way nothing changed
+
+    @precondition(lambda self: any(c.action == "apply" for c in self.backend.calls))
+    @rule(data=st.data())
+    def late_cleanup_revoke(self, data: st.DataObject) -> None:
+        """A cleanup revoke decided long ago (an orphaned apply's, a stray rule's) is queued now: it must
+        never remove a rule of a newer generation, even of the same NIC, guest IP and host."""
+        call = data.draw(st.sampled_from([c for c in self.backend.calls if c.action == "apply"]))
+        spec = call.spec
+        work = NewWork("revoke", spec.vip, spec.vm_nic_uuid, spec.guest_ip, spec.host_uuid, cleanup=True,
+                       generation=spec.generation)
+        self.flow.store.add_work(spec.eip_uuid, work)
+
     @rule(action=st.sampled_from(["apply", "revoke"]), timeout=st.booleans())
     def backend_fails_next(self, action: str, timeout: bool) -> None:
         self.backend.faults.fail(action, timeout=timeout)
@@ -153,6 +172,7 @@ class EipLifecycle(RuleBasedStateMachine):
     @rule()
     def run_due_work(self) -> None:
         self.clock.advance(10)
+        self.flow.store.lease_clock.advance(10)
         self.flow.run_due(limit=3)
 
     @invariant()

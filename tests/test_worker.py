@@ -92,9 +92,10 @@ def test_expired_lease_is_reclaimed(db_url: str) -> None:
         assert flow.store.claim(flow.get_eip(eip.uuid).work_id or 0, "dead-worker", 30) is not None
         worker = Worker(flow, heartbeat_interval=None, owner="w1")
         assert worker.run_once() == 0
-        frozen.tick(timedelta(seconds=30))
-        assert worker.run_once() == 0  # expires_at < now is required: at the instant it is still held
-        frozen.tick(timedelta(seconds=1))
+        flow.store.lease_clock.advance(28)  # leases are judged on the shared clock, never this process's
+        frozen.tick(timedelta(seconds=60))
+        assert worker.run_once() == 0  # a process clock past the lease changes nothing: still held
+        flow.store.lease_clock.advance(3)
         assert worker.run_once() == 1
         row = flow.get_eip(eip.uuid)
         assert (row.state, row.applied_host) == ("attached", "h1")
@@ -159,14 +160,14 @@ def test_heartbeat_keeps_a_slow_call_leased(db_url: str) -> None:
         runner.start()
         try:
             gate.wait_entered()
-            clock.advance(60)  # far beyond the first lease
+            flow.store.lease_clock.advance(60)  # far beyond the first lease, for every process
             for _ in range(2):  # the second beat surely read the clock after the advance
                 worker.heartbeat.clear()
                 assert worker.heartbeat.wait(30)
             assert other.claim_next() is None
             (item,) = flow.work_items(eip_uuid=eip.uuid)
             assert item.lease_owner == "slow"
-            assert item.lease_expires_at is not None and item.lease_expires_at > clock.now()
+            assert item.lease_expires_at is not None and item.lease_expires_at > flow.store.lease_clock.now()
         finally:
             gate.release()
             runner.join(timeout=60)
@@ -312,6 +313,7 @@ def test_due_items_come_expired_leases_first_then_in_due_order(db_url: str) -> N
         first, second, third = (flow.store.get(e.uuid).work_id for e in eips)  # type: ignore[union-attr]
         assert flow.store.claim(second, "gone-worker", lease_seconds=5) is not None  # its lease will expire
         clock.advance(10)
+        flow.store.lease_clock.advance(10)
 
         assert flow.store.due_work(clock.now()) == [second, first, third]
         assert flow.store.due_work(clock.now(), limit=2) == [second, first]

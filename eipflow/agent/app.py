@@ -5,11 +5,13 @@
     POST /v1/apply     body: spec (see below)              -> {"ok": true, …}
     POST /v1/revoke    body: spec                          -> {"ok": true, …}
 
-A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid"}``.
+A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation"}``
+(``generation``: the fencing token, a non-negative integer; see :mod:`eipflow.backends.fencing`).
 Every ``/v1`` call needs ``Authorization: Bearer <token>`` (compared in constant time) and is
 checked before its body is read. Answers: 401 bad/missing token, 413 body too large, 422 invalid
-body, 421 spec for another host, 502 backend failed (``retryable`` in the body), 504 the backend's
-outcome is unknown.
+body, 421 spec for another host, 409 stale generation (the host has seen a newer one:
+``{"error", "reason", "eip_uuid", "requested_generation", "current_generation"}``; nothing changed),
+502 backend failed (``retryable`` in the body), 504 the backend's outcome is unknown.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import validation as v
-from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..errors import BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 
 __all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
@@ -39,7 +41,8 @@ __all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
-_FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid")
+_FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation")
+_MAX_GENERATION = 2**63 - 1
 
 
 class AgentBackend(Protocol):
@@ -114,6 +117,9 @@ def create_app(
         extra = sorted(set(data) - set(_FIELDS))
         if missing or extra:
             raise _Refused(422, "body must have exactly the spec fields", missing=missing, unexpected=extra)
+        generation = data["generation"]
+        if type(generation) is not int or not 0 <= generation <= _MAX_GENERATION:
+            raise _Refused(422, "generation must be a non-negative integer", field="generation")
         try:
             spec = EipSpec(
                 v.eip_uuid(data["eip_uuid"], "eip_uuid"),
@@ -121,6 +127,7 @@ def create_app(
                 v.opaque_id("vm_nic_uuid", data["vm_nic_uuid"]),
                 v.ip_address("guest_ip", data["guest_ip"]),
                 v.opaque_id("host_uuid", data["host_uuid"]),
+                generation,
             )
         except InvalidInput as exc:
             raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
@@ -142,6 +149,11 @@ def create_app(
             except _Refused as exc:
                 bound.warning("agent.refused", status=exc.status, reason=exc.message)
                 return _error(exc.status, exc.message, **exc.extra)
+            except StaleGeneration as exc:
+                bound.warning("agent.stale_generation", status=409, eip_uuid=exc.eip_uuid, generation=exc.requested,
+                              host_generation=exc.current, reason=exc.reason)
+                return _error(409, str(exc), reason=exc.reason, eip_uuid=exc.eip_uuid,
+                              requested_generation=exc.requested, current_generation=exc.current)
             except BackendTimeout as exc:
                 bound.error("agent.backend_timeout", error=str(exc))
                 return _error(504, str(exc), retryable=True, outcome_unknown=True)

@@ -14,6 +14,7 @@ which namespace and interface to program)::
     token_file = "/etc/eipflow/host-1.token"   # or token = "…" (at least 16 characters)
     namespace = "eip-pub"                # optional: nft/ip run inside this network namespace
     public_interface = "pub0"
+    state_dir = "/var/lib/eipflow/host-1"   # optional: the agent's generation records (default shown)
 
 Only the standard library (``tomllib``) is needed here, so the control plane can read the file
 without the agent's web dependencies.
@@ -32,13 +33,15 @@ from .. import validation as v
 from ..backends.nftables import ANNOUNCE_MODES, check_interface
 from ..errors import InvalidInput
 
-__all__ = ["MIN_TOKEN_LENGTH", "HostConfig", "InvalidHostsFile", "load_hosts", "parse_hosts"]
+__all__ = ["DEFAULT_STATE_ROOT", "MIN_TOKEN_LENGTH", "HostConfig", "InvalidHostsFile", "load_hosts", "parse_hosts"]
 
 MIN_TOKEN_LENGTH = 16
 _KEYS = {
     "url", "token", "token_file", "namespace", "public_interface", "announce", "table", "timeout",
-    "connect_timeout", "nft_timeout",
+    "connect_timeout", "nft_timeout", "state_dir",
 }
+#: where an agent keeps its per-EIP generation records when the hosts file names no ``state_dir``
+DEFAULT_STATE_ROOT = "/var/lib/eipflow"
 
 
 class InvalidHostsFile(InvalidInput):
@@ -64,6 +67,7 @@ class HostConfig:
     timeout: float = 5.0  # seconds the control plane waits for an answer (then: outcome unknown)
     connect_timeout: float = 2.0
     nft_timeout: float = 10.0  # seconds one nft/ip command may take on the agent
+    state_dir: str | None = None  # the agent's generation records (default DEFAULT_STATE_ROOT/<host>)
 
     def __repr__(self) -> str:
         return f"HostConfig(host_uuid={self.host_uuid!r}, url={self.url!r}, token='***')"
@@ -153,13 +157,22 @@ def _entry(source: str, host: str, raw: Mapping[str, Any], base: Path | None) ->
     if not isinstance(table, str):
         raise _fail(source, f"{where}.table must be a string")
 
+    state_dir = raw.get("state_dir")
+    if state_dir is not None:
+        if not isinstance(state_dir, str) or not state_dir:
+            raise _fail(source, f"{where}.state_dir must be a directory path")
+        state_path = Path(state_dir)
+        if not state_path.is_absolute() and base is not None:
+            state_path = base / state_path
+        state_dir = str(state_path)
+
     numbers: dict[str, float] = {}
     for key, default in (("timeout", 5.0), ("connect_timeout", 2.0), ("nft_timeout", 10.0)):
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
             raise _fail(source, f"{where}.{key}: {value!r} must be a number of seconds in (0, 3600]")
         numbers[key] = float(value)
-    return HostConfig(host_uuid, url, token, namespace, iface, announce, table, **numbers)
+    return HostConfig(host_uuid, url, token, namespace, iface, announce, table, **numbers, state_dir=state_dir)
 
 
 def parse_hosts(data: Mapping[str, Any], source: str = "<memory>", base: Path | None = None) -> dict[str, HostConfig]:

@@ -242,7 +242,8 @@ class Topology:
         self.hosts_file = workdir / "hosts.toml"
         lines = ["[defaults]", 'public_interface = "pub0"', 'announce = "address"', "timeout = 10", ""]
         for host in self.hosts:
-            lines += [f'[hosts."{host}"]', f'url = "unix://{self.socket(host)}"', f'token = "{self.token}"', ""]
+            lines += [f'[hosts."{host}"]', f'url = "unix://{self.socket(host)}"', f'token = "{self.token}"',
+                      f'state_dir = "{workdir / ("state-" + host)}"', ""]
         self.hosts_file.write_text("\n".join(lines))
 
     def socket(self, host: str) -> Path:

@@ -9,7 +9,7 @@ import uvicorn
 
 from ..backends.nftables import NftablesBackend
 from .app import create_app
-from .config import HostConfig
+from .config import DEFAULT_STATE_ROOT, HostConfig
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "backend_for", "serve"]
 
@@ -28,6 +28,7 @@ def backend_for(host: HostConfig) -> NftablesBackend:
         namespace=host.namespace,
         table=host.table,
         timeout=host.nft_timeout,
+        state_dir=host.state_dir or str(Path(DEFAULT_STATE_ROOT) / host.host_uuid),
     )
 
 

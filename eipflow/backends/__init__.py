@@ -2,6 +2,7 @@
 
 from .base import Backend, ListsRules, load_backend
 from .faults import Faults, Gate
+from .fencing import HostRecord
 from .simulated import BackendCall, InMemoryDataplane, SimulatedDataplane
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "BackendCall",
     "Faults",
     "Gate",
+    "HostRecord",
     "InMemoryDataplane",
     "ListsRules",
     "SimulatedDataplane",

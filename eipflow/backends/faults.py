@@ -33,6 +33,9 @@ class Gate:
     action: str
     eip_uuid: str | None = None
     host_uuid: str | None = None
+    #: ``True``: the call has taken effect on the host and its *answer* is held (the caller is paused,
+    #: or killed, after the host executed it); ``False``: held before the host sees it
+    after: bool = False
     entered: threading.Event = field(default_factory=threading.Event)
     _open: threading.Event = field(default_factory=threading.Event)
     calls: int = 0
@@ -103,11 +106,29 @@ class Faults:
             self._failures.append(_Failure(action, times, host_uuid, eip_uuid, timeout, retryable, msg))
 
     def block(self, action: str, *, eip_uuid: str | None = None, host_uuid: str | None = None) -> Gate:
-        """Hold matching calls at a gate until ``gate.release()``."""
+        """Hold matching calls at a gate, before they reach the host, until ``gate.release()``."""
         gate = Gate(action, eip_uuid, host_uuid)
         with self._lock:
             self._gates.append(gate)
         return gate
+
+    def hold_answer(self, action: str, *, eip_uuid: str | None = None, host_uuid: str | None = None) -> Gate:
+        """Let matching calls take effect on the host, then hold their answer until ``gate.release()``.
+
+        The caller is then a worker paused right after the host executed its call: its lease may expire
+        and another worker may run the same item meanwhile.
+        """
+        gate = Gate(action, eip_uuid, host_uuid, after=True)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
+    def after(self, action: str, spec: EipSpec) -> None:
+        """Called once the effect happened: waits at :meth:`hold_answer` gates."""
+        with self._lock:
+            gates = [g for g in self._gates if g.after and g.matches(action, spec)]
+        for gate in gates:
+            gate._pass()
 
     def clear(self) -> None:
         with self._lock:
@@ -119,7 +140,7 @@ class Faults:
     def before(self, action: str, spec: EipSpec) -> _Failure | None:
         """Called before the effect: waits at gates, sleeps latency, returns the failure to inject."""
         with self._lock:
-            gates = [g for g in self._gates if g.matches(action, spec)]
+            gates = [g for g in self._gates if not g.after and g.matches(action, spec)]
         for gate in gates:
             gate._pass()
         _env_gate(action)

@@ -6,6 +6,7 @@
 the agent answers 200                           done
 no answer in time, connection dropped mid-call  :class:`~eipflow.BackendTimeout` (maybe applied)
 connection refused (nothing was sent)           :class:`~eipflow.BackendError`, retryable
+409 (the host has seen a newer generation)       :class:`~eipflow.StaleGeneration` (superseded, never retried)
 401 / 413 / 421 / 422                           :class:`~eipflow.BackendError`, not retryable
 502 (the agent's backend failed)                :class:`~eipflow.BackendError`, as the agent says
 504 (the agent's nft timed out)                 :class:`~eipflow.BackendTimeout`
@@ -30,7 +31,7 @@ import httpx
 import structlog
 
 from ..agent.config import HostConfig, load_hosts
-from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..errors import BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 
 __all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
@@ -88,7 +89,8 @@ class HttpAgentBackend:
         for host in hosts:
             response = self._request(host, "GET", "/v1/rules", None, "rules")
             for item in response.json().get("rules", []):
-                out.append(EipSpec(**{f.name: str(item[f.name]) for f in fields(EipSpec)}))
+                text = {f.name: str(item[f.name]) for f in fields(EipSpec) if f.name != "generation"}
+                out.append(EipSpec(**text, generation=int(item.get("generation", 0))))
         return out
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -141,6 +143,8 @@ class HttpAgentBackend:
             except ValueError:
                 pass
             raise BackendError(f"{action} on host {host}: {message}", retryable=retryable)
+        if response.status_code == 409 and action in ("apply", "revoke"):
+            raise _stale(response, host, body)
         if response.status_code == 401:
             raise BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
         raise BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
@@ -216,6 +220,21 @@ class _UnixTransport(httpx.HTTPTransport):
     def __init__(self, path: str) -> None:
         super().__init__(uds=path)
         self._pool = httpcore.ConnectionPool(uds=path, network_backend=_UnixBackend())
+
+
+def _stale(response: httpx.Response, host: str, body: dict[str, Any] | None) -> StaleGeneration:
+    """The agent's 409: the host has seen a newer generation of the EIP (its body says which)."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    sent = body or {}
+    return StaleGeneration(
+        str(data.get("eip_uuid", sent.get("eip_uuid", "?"))), host,
+        int(data.get("requested_generation", sent.get("generation", 0))),
+        int(data.get("current_generation", 0)), str(data.get("reason", "older")),
+    )
 
 
 def _message(response: httpx.Response) -> str:

@@ -3,8 +3,8 @@
 One host, one :class:`NftablesBackend`. For an :class:`~eipflow.EipSpec` it keeps, in table
 ``inet eipflow``::
 
-    prerouting  (nat, dstnat): ip daddr VIP counter dnat ip to GUEST comment "eipflow UUID dnat NIC…"
-    postrouting (nat, srcnat): [oifname PUB] ip saddr GUEST counter snat ip to VIP comment "eipflow UUID snat …NIC"
+    prerouting  (nat, dstnat): ip daddr VIP counter dnat ip to GUEST comment "eipflow UUID dnat@GEN NIC…"
+    postrouting (nat, srcnat): [oifname PUB] ip saddr GUEST counter snat ip to VIP comment "eipflow UUID snat@GEN …NIC"
 
 plus, with ``announce="address"``, the VIP as a /32 (/128) address on the public interface so the
 host answers ARP/ND for it (followed by a gratuitous ARP, so neighbours that cached the VIP on a
@@ -16,14 +16,20 @@ string), so a rule pair is either fully there or not at all. Rules are keyed by 
 EIP uuid and the NIC id (split over the two rules' comments, as nftables caps a comment at 128
 bytes), so :meth:`NftablesBackend.rules` reads back exactly what is realized, from the kernel.
 
-Apply replaces whatever this EIP had on the host; revoke removes only the caller's own rules (same
-guest IP and NIC), so a late revoke never removes a newer binding's rules.
+Every call is fenced (:mod:`eipflow.backends.fencing`): the host keeps, per EIP, the newest generation
+it has seen — in the rules' comments (``dnat@GEN``) and, so that a revoke's tombstone survives too, in a
+small record file per EIP under ``state_dir`` written atomically *before* an apply and *after* a revoke
+(a crash in between leaves a state the retried call repairs). An older apply, or a revoke older than the
+rule held, is refused with :class:`~eipflow.StaleGeneration` and changes nothing. An accepted apply
+replaces whatever this EIP had on the host; an accepted revoke removes all of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
+import os
 import re
 import socket
 import struct
@@ -40,6 +46,7 @@ import structlog
 from .. import validation as v
 from ..errors import BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
+from .fencing import HostRecord, decide, record_after
 
 __all__ = ["ANNOUNCE_MODES", "NftablesBackend", "OwnedRule", "check_interface"]
 
@@ -71,15 +78,16 @@ class OwnedRule:
     nic_part: str
     vip: str | None
     guest_ip: str | None
+    generation: int = 0  # rules written before generations existed carry none: 0
 
 
 def _family(addr: str) -> str:
     return "ip6" if ipaddress.ip_address(addr).version == 6 else "ip"
 
 
-def _nic_parts(nic: str, eip_uuid: str) -> tuple[str, str]:
+def _nic_parts(nic: str, eip_uuid: str, generation: int) -> tuple[str, str]:
     """Split the NIC id over the two comments (each at most :data:`MAX_COMMENT` bytes)."""
-    room = MAX_COMMENT - len(f"{COMMENT_PREFIX} {eip_uuid} dnat ")
+    room = MAX_COMMENT - len(f"{COMMENT_PREFIX} {eip_uuid} dnat@{generation} ")
     return nic[:room], nic[room:]
 
 
@@ -96,6 +104,9 @@ class NftablesBackend:
         table: the ``inet`` table eipflow owns on the host.
         nft: the ``nft`` binary; ``ip``: the ``ip`` binary.
         timeout: seconds one command may take before the outcome counts as unknown.
+        state_dir: where the per-EIP generation records live (created if missing), so the generation —
+            a revoke's tombstone included — survives an agent restart. ``None`` keeps tombstones in
+            memory only (the rules' comments still carry the generation of what is realized).
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class NftablesBackend:
         nft: str = "nft",
         ip: str = "ip",
         timeout: float = 10.0,
+        state_dir: str | Path | None = None,
     ) -> None:
         self.host_uuid = v.opaque_id("host_uuid", host_uuid)
         if announce not in ANNOUNCE_MODES:
@@ -126,17 +138,28 @@ class NftablesBackend:
         self.nft = nft
         self.ip = ip
         self.timeout = timeout
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._memory: dict[str, HostRecord] = {}  # the records, when there is no state_dir
         # One transaction at a time per host: apply/revoke read the handles they replace, so a
         # concurrent change between the read and the commit must not interleave.
         self._lock = threading.Lock()
 
     # -- the Backend protocol ------------------------------------------------------------------
     def apply(self, spec: EipSpec) -> None:
-        """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction."""
+        """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction.
+
+        Raises:
+            StaleGeneration: the host has seen a newer generation of this EIP (nothing changed).
+        """
         spec = self._check(spec)
         started = time.perf_counter()
         with self._lock:
             owned = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid]
+            record = self._record(spec.eip_uuid, owned)
+            decision = decide(record, "apply", spec)
+            self._remember(spec.eip_uuid, record_after(record, decision, spec))  # intent before action
             commands = self._skeleton()
             commands += [self._delete(r) for r in owned]
             commands += self._add_rules(spec)
@@ -147,16 +170,22 @@ class NftablesBackend:
                     self._address(vip, present=False)
                 self._address(spec.vip, present=True)
         log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
-                 guest_ip=spec.guest_ip, replaced=len(owned),
+                 guest_ip=spec.guest_ip, generation=spec.generation, replaced=len(owned), repeat=decision.same,
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def revoke(self, spec: EipSpec) -> None:
-        """Remove the caller's own rules for ``spec`` (same guest IP and NIC); absent rules are fine."""
+        """Remove this EIP's rules from the host, unless they are newer than ``spec``; absent rules are fine.
+
+        Raises:
+            StaleGeneration: the host holds a newer generation of this EIP (nothing changed).
+        """
         spec = self._check(spec)
         started = time.perf_counter()
         with self._lock:
             rules = self._owned()
-            mine = _ours(rules, spec)
+            mine = [r for r in rules if r.eip_uuid == spec.eip_uuid]
+            record = self._record(spec.eip_uuid, mine)
+            decision = decide(record, "revoke", spec)
             if mine:
                 self._nft_apply([self._delete(r) for r in mine])
             if self.announce == "address":
@@ -164,8 +193,50 @@ class NftablesBackend:
                 left = {r.vip for r in rules if r not in mine and r.role == "dnat"}
                 if spec.vip not in left:
                     self._address(spec.vip, present=False)
+            self._remember(spec.eip_uuid, record_after(record, decision, spec))  # the tombstone, once it is true
         log.info("nft.revoked", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(mine),
-                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+                 generation=spec.generation, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    # -- the generation records ----------------------------------------------------------------
+    def _record_path(self, eip_uuid: str) -> Path | None:
+        return self.state_dir / f"{eip_uuid}.json" if self.state_dir is not None else None
+
+    def _record(self, eip_uuid: str, owned: Sequence[OwnedRule]) -> HostRecord | None:
+        """What this host remembers of the EIP: its record file, or the rules' own generation if newer."""
+        stored: HostRecord | None = self._memory.get(eip_uuid)
+        path = self._record_path(eip_uuid)
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+                body = None if data["revoked"] else EipSpec(eip_uuid, data["vip"], data["vm_nic_uuid"],
+                                                            data["guest_ip"], self.host_uuid, int(data["generation"]))
+                stored = HostRecord(int(data["generation"]), body)
+            except FileNotFoundError:
+                stored = None
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise BackendError(f"generation record {path} is unreadable: {exc}", retryable=False) from exc
+        kernel = specs_from_rules(owned, self.host_uuid)
+        if kernel and (stored is None or kernel[0].generation > stored.generation):
+            return HostRecord(kernel[0].generation, kernel[0])
+        return stored
+
+    def _remember(self, eip_uuid: str, record: HostRecord) -> None:
+        path = self._record_path(eip_uuid)
+        if path is None:
+            self._memory[eip_uuid] = record
+            return
+        spec = record.spec
+        data = {"generation": record.generation, "revoked": spec is None, "vip": spec.vip if spec else None,
+                "vm_nic_uuid": spec.vm_nic_uuid if spec else None, "guest_ip": spec.guest_ip if spec else None}
+        tmp = path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w") as out:
+                json.dump(data, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)  # atomic: a crash leaves the old record or the new one, never half
+        except OSError as exc:
+            raise BackendError(f"cannot write generation record {path}: {exc.strerror}") from exc
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
         """The EIPs realized on this host, read back from the kernel's ruleset."""
@@ -173,7 +244,12 @@ class NftablesBackend:
             return []
         with self._lock:
             owned = self._owned()
-        return specs_from_rules(owned, self.host_uuid)
+            out = []
+            for spec in specs_from_rules(owned, self.host_uuid):
+                record = self._record(spec.eip_uuid, [r for r in owned if r.eip_uuid == spec.eip_uuid])
+                newest = max(spec.generation, record.generation if record is not None else 0)
+                out.append(dataclasses.replace(spec, generation=newest))
+        return out
 
     # -- building the transaction -------------------------------------------------------------
     def _check(self, spec: EipSpec) -> EipSpec:
@@ -189,7 +265,9 @@ class NftablesBackend:
             raise BackendError(f"this backend programs host {self.host_uuid}, not {host}", retryable=False)
         if _family(vip) != _family(guest):
             raise BackendError(f"vip {vip} and guest_ip {guest} are of different IP versions", retryable=False)
-        return EipSpec(eip, vip, nic, guest, host)
+        if type(spec.generation) is not int or spec.generation < 0:
+            raise BackendError(f"refusing generation {spec.generation!r}: not a non-negative integer", retryable=False)
+        return EipSpec(eip, vip, nic, guest, host, spec.generation)
 
     def _skeleton(self) -> list[dict[str, Any]]:
         """Table and base chains; ``add`` of an existing object is a no-op, so every transaction carries them."""
@@ -204,7 +282,7 @@ class NftablesBackend:
 
     def _add_rules(self, spec: EipSpec) -> list[dict[str, Any]]:
         fam = _family(spec.vip)
-        first, rest = _nic_parts(spec.vm_nic_uuid, spec.eip_uuid)
+        first, rest = _nic_parts(spec.vm_nic_uuid, spec.eip_uuid, spec.generation)
         t = {"family": "inet", "table": self.table}
         dnat = [
             {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": spec.vip}},
@@ -221,9 +299,9 @@ class NftablesBackend:
         ]
         return [
             {"add": {"rule": {**t, "chain": "prerouting", "expr": dnat,
-                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} dnat {first}".rstrip()}}},
+                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} dnat@{spec.generation} {first}".rstrip()}}},
             {"add": {"rule": {**t, "chain": "postrouting", "expr": snat,
-                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} snat {rest}".rstrip()}}},
+                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} snat@{spec.generation} {rest}".rstrip()}}},
         ]
 
     def _delete(self, rule: OwnedRule) -> dict[str, Any]:
@@ -324,9 +402,11 @@ def parse_rules(items: Sequence[Any]) -> list[OwnedRule]:
         if not isinstance(comment, str) or not comment.startswith(COMMENT_PREFIX + " "):
             continue
         parts = comment.split(" ", 3)
-        if len(parts) < 3 or parts[2] not in ("dnat", "snat"):
+        if len(parts) < 3:
             continue
-        role = parts[2]
+        role, _, gen_text = parts[2].partition("@")  # "dnat@12"; rules from before generations: "dnat"
+        if role not in ("dnat", "snat") or not (gen_text.isdigit() or gen_text == ""):
+            continue
         matched: dict[str, str] = {}
         target: str | None = None
         for expr in rule.get("expr", []):
@@ -343,7 +423,7 @@ def parse_rules(items: Sequence[Any]) -> list[OwnedRule]:
                     target = nat["addr"]
         vip, guest = (matched.get("daddr"), target) if role == "dnat" else (target, matched.get("saddr"))
         out.append(OwnedRule(str(rule.get("chain")), int(rule["handle"]), parts[1], role,
-                             parts[3] if len(parts) > 3 else "", vip, guest))
+                             parts[3] if len(parts) > 3 else "", vip, guest, int(gen_text or 0)))
     return out
 
 
@@ -358,18 +438,9 @@ def specs_from_rules(rules: Sequence[OwnedRule], host_uuid: str) -> list[EipSpec
         nic = (dnat.nic_part if dnat else "") + (snat.nic_part if snat else "")
         vip = (dnat.vip if dnat else None) or (snat.vip if snat else None) or ""
         guest = (dnat.guest_ip if dnat else None) or (snat.guest_ip if snat else None) or ""
-        specs.append(EipSpec(eip, vip, nic, guest, host_uuid))
+        generation = max(r.generation for r in pair.values())
+        specs.append(EipSpec(eip, vip, nic, guest, host_uuid, generation))
     return specs
-
-
-def _ours(rules: Sequence[OwnedRule], spec: EipSpec) -> list[OwnedRule]:
-    """The caller's own rules: this EIP, the same guest IP, and the NIC part its comment carries."""
-    first, rest = _nic_parts(spec.vm_nic_uuid, spec.eip_uuid)
-    want = {"dnat": first, "snat": rest}
-    return [
-        r for r in rules
-        if r.eip_uuid == spec.eip_uuid and r.guest_ip == spec.guest_ip and r.nic_part == want[r.role]
-    ]
 
 
 def _first_line(text: str) -> str:

@@ -1,31 +1,28 @@
 """Simulated dataplanes: in memory (unit tests, hypothesis) and in the database (the CLI default).
 
-Both keep one rule per (host, EIP), record every call, watch that calls for one
-EIP never overlap, and consult a :class:`~eipflow.backends.faults.Faults` plan.
-A revoke removes a rule only when it is the caller's own (same guest IP and
-NIC), so a late revoke never removes a newer binding's rule.
+Both keep one record per (host, EIP) and judge every call with the generation rule of
+:mod:`eipflow.backends.fencing` (an older call is refused with :class:`~eipflow.StaleGeneration`,
+a revoke leaves a tombstone), record every call, watch that effective calls for one EIP never
+overlap, and consult a :class:`~eipflow.backends.faults.Faults` plan.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from ..clock import utcnow
+from ..errors import StaleGeneration
 from ..store.database import retry_transient, translate_errors
 from ..store.schema import SimRuleRow
 from ..values import EipSpec
 from .faults import Faults
+from .fencing import HostRecord, decide, record_after
 
 __all__ = ["BackendCall", "InMemoryDataplane", "SimulatedDataplane"]
 
@@ -37,48 +34,67 @@ RULE = SimRuleRow.__table__  # type: ignore[attr-defined]
 class BackendCall:
     action: str
     spec: EipSpec
-    outcome: str  # "ok" | "failed" | "timeout"
+    outcome: str  # "ok" | "failed" | "timeout" | "refused" (stale generation)
 
 
 class _Simulated:
+    """Shared by both dataplanes: fault injection, the call log, the generation check, overlap watch.
+
+    ``overlaps`` lists EIP uuids for which two *effective* calls (calls that changed the host's state)
+    were in flight on one host at once. A call the generation check refused, or an idempotent repeat,
+    changes nothing, so it cannot overlap anything: that is how a zombie's late call is made harmless.
+    """
+
     def __init__(self) -> None:
         self.faults = Faults()
         self.calls: list[BackendCall] = []
-        self.overlaps: list[str] = []  # EIP uuids that saw two calls in flight at once
+        self.overlaps: list[str] = []  # EIP uuids that saw two effective calls in flight at once
         self._lock = threading.Lock()
-        self._in_flight: dict[str, int] = {}
+        self._seq = 0
+        self._effective: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (host, eip) -> [(start, end)]
 
-    # storage, by subclasses
-    def _put(self, spec: EipSpec) -> None:
+    # storage, by subclasses: judge the call with fencing.decide and realize it atomically
+    def _effect(self, action: str, spec: EipSpec) -> bool:
+        """Apply the generation rule and realize the call; ``True`` when the host's state changed."""
         raise NotImplementedError
 
-    def _remove(self, spec: EipSpec) -> None:
-        raise NotImplementedError
-
-    @contextmanager
-    def _tracking(self, spec: EipSpec) -> Iterator[None]:
+    def _tick(self) -> int:
         with self._lock:
-            n = self._in_flight.get(spec.eip_uuid, 0) + 1
-            self._in_flight[spec.eip_uuid] = n
-            if n > 1:
+            self._seq += 1
+            return self._seq
+
+    def _finished(self, spec: EipSpec, started: int) -> None:
+        ended = self._tick()
+        key = (spec.host_uuid, spec.eip_uuid)
+        with self._lock:
+            spans = self._effective.setdefault(key, [])
+            if any(end > started for _, end in spans):
                 self.overlaps.append(spec.eip_uuid)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight[spec.eip_uuid] -= 1
+            spans.append((started, ended))
+            del spans[:-8]  # a span older than the last few cannot overlap a call still in flight here
+
+    def _inside(self, action: str, spec: EipSpec) -> None:
+        """Hook: runs once a call is in flight, before its effect (tests run concurrent actors here)."""
 
     def _call(self, action: str, spec: EipSpec) -> None:
-        with self._tracking(spec):
-            failure = self.faults.before(action, spec)
-            if failure is not None and not failure.timeout:
-                self._log(action, spec, "failed")
-                self.faults.raise_for(failure)
-            (self._put if action == "apply" else self._remove)(spec)
-            if failure is not None:
-                self._log(action, spec, "timeout")
-                self.faults.raise_for(failure)
-            self._log(action, spec, "ok")
+        started = self._tick()
+        self._inside(action, spec)
+        failure = self.faults.before(action, spec)
+        if failure is not None and not failure.timeout:
+            self._log(action, spec, "failed")
+            self.faults.raise_for(failure)
+        try:
+            changed = self._effect(action, spec)
+        except StaleGeneration:
+            self._log(action, spec, "refused")
+            raise
+        if changed:
+            self._finished(spec, started)  # the host is done with it; only the answer may still be held
+        self.faults.after(action, spec)
+        if failure is not None:
+            self._log(action, spec, "timeout")
+            self.faults.raise_for(failure)
+        self._log(action, spec, "ok")
 
     def _log(self, action: str, spec: EipSpec, outcome: str) -> None:
         with self._lock:
@@ -100,38 +116,45 @@ class InMemoryDataplane(_Simulated):
 
     def __init__(self) -> None:
         super().__init__()
-        self._rules: dict[tuple[str, str], EipSpec] = {}
+        self._records: dict[tuple[str, str], HostRecord] = {}
 
-    def _put(self, spec: EipSpec) -> None:
-        with self._lock:
-            self._rules[(spec.host_uuid, spec.eip_uuid)] = spec
+    def _effect(self, action: str, spec: EipSpec) -> bool:
+        key = (spec.host_uuid, spec.eip_uuid)
+        with self._lock:  # the host's per-EIP check and write are one step
+            record = self._records.get(key)
+            decision = decide(record, action, spec)
+            self._records[key] = record_after(record, decision, spec)
+            return not decision.same
 
-    def _remove(self, spec: EipSpec) -> None:
+    def record(self, host_uuid: str, eip_uuid: str) -> HostRecord | None:
+        """What the host remembers of the EIP (its generation, and the rule or a tombstone)."""
         with self._lock:
-            held = self._rules.get((spec.host_uuid, spec.eip_uuid))
-            if held is not None and (held.guest_ip, held.vm_nic_uuid) == (spec.guest_ip, spec.vm_nic_uuid):
-                del self._rules[(spec.host_uuid, spec.eip_uuid)]
+            return self._records.get((host_uuid, eip_uuid))
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
         with self._lock:
             return sorted(
-                (s for (h, _), s in self._rules.items() if host_uuid in (None, h)),
+                (r.spec for (h, _), r in self._records.items() if r.spec is not None and host_uuid in (None, h)),
                 key=lambda s: (s.host_uuid, s.eip_uuid),
             )
 
     def inject_rule(self, spec: EipSpec) -> None:
-        """Put a rule behind eipflow's back (drift tests)."""
-        self._put(spec)
+        """Put a rule behind eipflow's back (drift tests): no generation check."""
+        with self._lock:
+            self._records[(spec.host_uuid, spec.eip_uuid)] = HostRecord(spec.generation, spec)
 
     def drop_rule(self, host_uuid: str, eip_uuid: str) -> None:
-        """Lose a rule behind eipflow's back (a host reboot, in drift tests)."""
+        """Lose a rule behind eipflow's back (a host reboot, in drift tests); the generation is remembered."""
         with self._lock:
-            self._rules.pop((host_uuid, eip_uuid), None)
+            record = self._records.get((host_uuid, eip_uuid))
+            if record is not None:
+                self._records[(host_uuid, eip_uuid)] = HostRecord(record.generation, None)
 
 
 class SimulatedDataplane(_Simulated):
     """Rules in the ``sim_rule`` table of eipflow's own database, so separate processes share one dataplane.
 
+    A revoked rule stays as a tombstone row (``revoked``), so its generation keeps refusing older calls.
     Created unbound by the ``eipflow.backends.simulated:factory`` import path; the engine binds it
     to its database (``bind``).
     """
@@ -149,53 +172,69 @@ class SimulatedDataplane(_Simulated):
             raise RuntimeError("SimulatedDataplane is not bound to a database (call bind(engine))")
         return self.engine
 
-    @retry_transient
-    def _put(self, spec: EipSpec) -> None:
-        engine = self._db()
-        values = {"vip": spec.vip, "vm_nic_uuid": spec.vm_nic_uuid, "guest_ip": spec.guest_ip, "applied_at": utcnow()}
-        row = {"host_uuid": spec.host_uuid, "eip_uuid": spec.eip_uuid, **values}
-        # One native upsert per dialect: no read-then-write, no savepoint (MariaDB aborts the whole
-        # transaction on a deadlock, taking any savepoint with it).
-        dialect = engine.dialect.name
-        stmt: Any
-        if dialect == "postgresql":
-            ins = pg_insert(RULE).values(row)
-            stmt = ins.on_conflict_do_update(index_elements=["host_uuid", "eip_uuid"], set_=values)
-        elif dialect in ("mysql", "mariadb"):
-            stmt = mysql_insert(RULE).values(row).on_duplicate_key_update(**values)
-        else:
-            ins_lite = sqlite_insert(RULE).values(row)
-            stmt = ins_lite.on_conflict_do_update(index_elements=["host_uuid", "eip_uuid"], set_=values)
-        with translate_errors(engine), engine.begin() as conn:
-            conn.execute(stmt)
+    @staticmethod
+    def _record(row: Any) -> HostRecord:
+        spec = EipSpec(row.eip_uuid, row.vip, row.vm_nic_uuid, row.guest_ip, row.host_uuid, row.generation)
+        return HostRecord(row.generation, None if row.revoked else spec)
 
     @retry_transient
-    def _remove(self, spec: EipSpec) -> None:
-        with translate_errors(self._db()), self._db().begin() as conn:
-            conn.execute(
-                RULE.delete().where(
-                    RULE.c.host_uuid == spec.host_uuid,
-                    RULE.c.eip_uuid == spec.eip_uuid,
-                    RULE.c.guest_ip == spec.guest_ip,
-                    RULE.c.vm_nic_uuid == spec.vm_nic_uuid,
-                )
-            )
+    def _effect(self, action: str, spec: EipSpec) -> bool:
+        engine = self._db()
+        key = (RULE.c.host_uuid == spec.host_uuid, RULE.c.eip_uuid == spec.eip_uuid)
+        select = sa.select(RULE).where(*key)
+        if engine.dialect.name != "sqlite":
+            select = select.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the write lock
+        for _ in range(5):
+            try:
+                with translate_errors(engine), engine.begin() as conn:
+                    row = conn.execute(select).first()
+                    record = self._record(row) if row is not None else None
+                    decision = decide(record, action, spec)
+                    after = record_after(record, decision, spec)
+                    kept = after.spec or (record.spec if record is not None else None) or spec
+                    values = {"vip": kept.vip, "vm_nic_uuid": kept.vm_nic_uuid, "guest_ip": kept.guest_ip,
+                              "generation": after.generation, "revoked": after.revoked, "applied_at": utcnow()}
+                    if row is None:
+                        conn.execute(RULE.insert().values(host_uuid=spec.host_uuid, eip_uuid=spec.eip_uuid, **values))
+                    elif not decision.same:
+                        conn.execute(RULE.update().where(*key).values(**values))
+                    return not decision.same
+            except sa.exc.IntegrityError:
+                continue  # another process inserted the first record meanwhile: judge against it
+        raise RuntimeError(f"could not record {action} of {spec.eip_uuid}")  # pragma: no cover
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
-        stmt = sa.select(RULE).order_by(RULE.c.host_uuid, RULE.c.eip_uuid)
+        stmt = sa.select(RULE).where(RULE.c.revoked == sa.false()).order_by(RULE.c.host_uuid, RULE.c.eip_uuid)
         if host_uuid is not None:
             stmt = stmt.where(RULE.c.host_uuid == host_uuid)
         with self._db().connect().execution_options(eipflow_read=True) as conn:
             return [
-                EipSpec(r.eip_uuid, r.vip, r.vm_nic_uuid, r.guest_ip, r.host_uuid) for r in conn.execute(stmt)
+                EipSpec(r.eip_uuid, r.vip, r.vm_nic_uuid, r.guest_ip, r.host_uuid, r.generation)
+                for r in conn.execute(stmt)
             ]
 
+    def record(self, host_uuid: str, eip_uuid: str) -> HostRecord | None:
+        """What the host remembers of the EIP (its generation, and the rule or a tombstone)."""
+        stmt = sa.select(RULE).where(RULE.c.host_uuid == host_uuid, RULE.c.eip_uuid == eip_uuid)
+        with self._db().connect().execution_options(eipflow_read=True) as conn:
+            row = conn.execute(stmt).first()
+        return self._record(row) if row is not None else None
+
+    @retry_transient
     def inject_rule(self, spec: EipSpec) -> None:
-        self._put(spec)
+        """Put a rule behind eipflow's back (drift tests): no generation check."""
+        engine = self._db()
+        values = {"vip": spec.vip, "vm_nic_uuid": spec.vm_nic_uuid, "guest_ip": spec.guest_ip,
+                  "generation": spec.generation, "revoked": False, "applied_at": utcnow()}
+        with translate_errors(engine), engine.begin() as conn:
+            conn.execute(RULE.delete().where(RULE.c.host_uuid == spec.host_uuid, RULE.c.eip_uuid == spec.eip_uuid))
+            conn.execute(RULE.insert().values(host_uuid=spec.host_uuid, eip_uuid=spec.eip_uuid, **values))
 
     def drop_rule(self, host_uuid: str, eip_uuid: str) -> None:
+        """Lose a rule behind eipflow's back (a host reboot); the generation is remembered."""
         with self._db().begin() as conn:
-            conn.execute(RULE.delete().where(RULE.c.host_uuid == host_uuid, RULE.c.eip_uuid == eip_uuid))
+            conn.execute(RULE.update().where(RULE.c.host_uuid == host_uuid, RULE.c.eip_uuid == eip_uuid)
+                         .values(revoked=True))
 
 
 def factory() -> SimulatedDataplane:

@@ -293,10 +293,16 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> tuple[str | None, 
         if current == target:
             return current, current  # nothing to do, or another process did it while we waited
         try:
-            if current is None and _OUR_TABLES & set(sa.inspect(conn).get_table_names()):
-                migrations.stamp(conn, migrations.INITIAL)
-                log.warning("db.schema_adopted", revision=migrations.INITIAL, url=redacted(engine.url))
-                current = migrations.INITIAL
+            tables = set(sa.inspect(conn).get_table_names()) if current is None else set()
+            if current is None and _OUR_TABLES & tables:
+                # Tables made without migrations: from 0.1 (the initial revision's shape), or by
+                # ``create_all`` from today's models (every table there already: the head).
+                adopted = migrations.HEAD if _OUR_TABLES <= tables else migrations.INITIAL
+                migrations.stamp(conn, adopted)
+                log.warning("db.schema_adopted", revision=adopted, url=redacted(engine.url))
+                current = adopted
+                if current == target:
+                    return current, current
             migrations.upgrade(conn, revision)
         except _alembic_errors() as exc:
             raise DatabaseError(

@@ -334,8 +334,11 @@ class FastPath:
         self.rows.put(eip)
         return eip
 
-    def claim(self, work_id: int, owner: str, now: datetime, expires: datetime) -> WorkItem | None:
-        """Lease one work item (the Core path's compare-and-swap on status and lease) and read it back."""
+    def claim(self, work_id: int, owner: str, now: datetime, lease_us: int) -> WorkItem | None:
+        """Lease one work item (the Core path's compare-and-swap on status and lease) and read it back.
+
+        The lease runs to the shared lease clock's now + ``lease_us`` µs (the statement reads that clock).
+        """
         pin = self._pin()
         conn, cur = pin.conn, pin.cur
         out = self._out
@@ -343,7 +346,7 @@ class FastPath:
         try:
             if self.sqlite:
                 cur.execute("BEGIN IMMEDIATE")
-            params = {"w_id": work_id, "w_now": stamp, "s_owner": owner, "s_expires": out(expires), "s_now": stamp}
+            params = {"w_id": work_id, "w_now": stamp, "s_owner": owner, "s_lease_us": lease_us, "s_now": stamp}
             cur.execute(self._claim.text, self._claim.params(params))
             if cur.rowcount != 1:
                 conn.rollback()

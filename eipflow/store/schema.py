@@ -15,6 +15,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ClockRow",
     "EipRow",
     "OperationRow",
     "SimRuleRow",
@@ -129,6 +130,8 @@ class WorkRow(SQLModel, table=True):
     cleanup: bool = False
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
+    #: the fencing token the backend call carries (NULL until an attach's apply leaves ``binding``)
+    generation: int | None = Field(default=None, sa_type=sa.BigInteger)
 
 
 class VmRow(SQLModel, table=True):
@@ -163,6 +166,21 @@ class SimRuleRow(SQLModel, table=True):
     vm_nic_uuid: str = Field(max_length=ID)
     guest_ip: str = Field(max_length=IP)
     applied_at: datetime = _ts(nullable=False)
+    generation: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    revoked: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+
+
+class ClockRow(SQLModel, table=True):
+    """The shared lease clock's skew: every lease statement reads the database's clock plus ``skew_us``.
+
+    One row (``id = 1``). It is 0 in production; tests move it (``Store.lease_clock.advance``) so that
+    leases expire for every process at once, without any process's own clock being involved.
+    """
+
+    __tablename__ = "eip_clock"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    skew_us: int = Field(sa_type=sa.BigInteger)
 
 
 metadata = SQLModel.metadata

@@ -8,17 +8,66 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from ..values import EipSpec, WorkItem
-from .schema import EipRow, WorkRow
+from .schema import EipRow, UTCDateTime, WorkRow
 
 __all__ = [
-    "due_conditions", "due_picks", "eip_cas_delete", "eip_cas_update", "history_params", "work_claim", "work_item",
-    "work_params",
+    "db_now", "due_conditions", "due_picks", "eip_cas_delete", "eip_cas_update", "history_params",
+    "lease_extend", "work_claim", "work_item", "work_params",
 ]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
+
+_SKEW = "COALESCE((SELECT skew_us FROM eip_clock WHERE id = 1), 0)"
+
+
+class db_now(FunctionElement[Any]):
+    """The database's own clock (UTC) plus the shared skew, plus ``offset_us`` µs: the one lease clock.
+
+    Every process that claims, renews or judges a lease reads time here, in the statement itself, so a
+    process whose own clock is skewed cannot take a live lease. ``eip_clock.skew_us`` (0 in production)
+    moves this clock for every process at once (tests: ``Store.lease_clock.advance``). Rendered per dialect
+    in the column's storage form (SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff`` text).
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_now"
+
+    def __init__(self, offset_us: ColumnElement[Any] | None = None) -> None:
+        super().__init__(offset_us if offset_us is not None else sa.literal(0))
+
+
+def _offset(element: db_now, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(next(iter(element.clauses)), **kw))
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    # strftime's %f has milliseconds: pad to the 6 digits SQLAlchemy stores, so text comparison is time order.
+    return (f"(strftime('%Y-%m-%d %H:%M:%f', 'now', (({_SKEW} + {_offset(element, compiler, **kw)}) / 1000000.0) "
+            f"|| ' seconds') || '000')")
+
+
+@compiles(db_now, "postgresql")
+def _db_now_pg(element: db_now, compiler: Any, **kw: Any) -> str:
+    return (f"((clock_timestamp() AT TIME ZONE 'UTC') + make_interval(secs => "
+            f"({_SKEW} + {_offset(element, compiler, **kw)}) / 1000000.0))")
+
+
+@compiles(db_now, "mysql")
+@compiles(db_now, "mariadb")
+def _db_now_mysql(element: db_now, compiler: Any, **kw: Any) -> str:
+    return f"(UTC_TIMESTAMP(6) + INTERVAL ({_SKEW} + {_offset(element, compiler, **kw)}) MICROSECOND)"
+
+
+@compiles(db_now)
+def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:  # pragma: no cover - other dialects
+    raise sa.exc.CompileError(f"eipflow's lease clock has no rendering for dialect {compiler.dialect.name!r}")
 
 
 def _same(value: Any) -> Any:
@@ -46,9 +95,13 @@ def eip_cas_delete(pred_cols: tuple[str, ...] = ()) -> Any:
 
 def due_conditions(now: Any) -> tuple[Any, Any]:
     """What makes an item claimable, as two conditions that each scan the ``(status, due_at)`` index in order:
-    running with an expired lease (few: at most one per busy worker), and pending and due."""
+    running with an expired lease (few: at most one per busy worker), and pending and due.
+
+    A lease is judged on the shared lease clock (:class:`db_now`), never the claimer's; ``now`` (the
+    claimer's clock) only decides when a pending item's backoff is over — early or late, that is never
+    unsafe."""
     return (
-        sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < now),
+        sa.and_(WORK.c.status == "running", WORK.c.lease_expires_at < db_now()),
         sa.and_(WORK.c.status == "pending", WORK.c.due_at <= now),
     )
 
@@ -62,7 +115,10 @@ def due_picks(limit: Any) -> list[Any]:
 
 
 def work_claim() -> Any:
-    """Lease one item: ``UPDATE eip_work SET status='running', lease… WHERE id AND (due pending OR lease expired)``."""
+    """Lease one item: ``UPDATE eip_work SET status='running', lease… WHERE id AND (due pending OR lease expired)``.
+
+    The lease runs until the shared clock's now + ``:s_lease_us`` µs.
+    """
     return (
         WORK.update()
         .where(
@@ -72,10 +128,21 @@ def work_claim() -> Any:
         .values(
             status="running",
             lease_owner=sa.bindparam("s_owner"),
-            lease_expires_at=sa.bindparam("s_expires"),
+            lease_expires_at=db_now(sa.bindparam("s_lease_us", type_=sa.BigInteger)),
             attempts=WORK.c.attempts + 1,
             updated_at=sa.bindparam("s_now"),
         )
+    )
+
+
+def lease_extend() -> Any:
+    """Renew a lease we hold: ``… SET lease_expires_at = <shared clock> + :s_lease_us WHERE id, owner, running``."""
+    return (
+        WORK.update()
+        .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
+               WORK.c.status == "running")
+        .values(lease_expires_at=db_now(sa.bindparam("s_lease_us", type_=sa.BigInteger)),
+                updated_at=sa.bindparam("s_now"))
     )
 
 
@@ -113,6 +180,7 @@ def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], An
         "cleanup": work.cleanup,
         "created_at": stamp,
         "updated_at": stamp,
+        "generation": work.generation,
     }
 
 
@@ -120,7 +188,7 @@ def work_item(m: Mapping[str, Any]) -> WorkItem:
     """A work-item row (column name → value, datetimes already aware) as the :class:`WorkItem` callers get."""
     spec = None
     if m["host_uuid"] is not None:
-        spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"])
+        spec = EipSpec(m["eip_uuid"], m["vip"], m["vm_nic_uuid"], m["guest_ip"], m["host_uuid"], m["generation"] or 0)
     return WorkItem(
         id=m["id"], eip_uuid=m["eip_uuid"], action=m["action"], spec=spec, status=m["status"],
         attempts=m["attempts"], due_at=m["due_at"], lease_owner=m["lease_owner"],

@@ -13,27 +13,38 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..clock import Clock, SystemClock
-from ..errors import EipNotFound, GuestIpInUse, InvalidInput, VipInUse
+from ..errors import EipNotFound, GuestIpInUse, InvalidInput, VersionConflict, VipInUse
 from ..values import Eip, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
-from .schema import EipRow, OperationRow, TransitionRow, VmRow, WorkRow
-from .statements import due_picks, eip_cas_delete, eip_cas_update, history_params, work_claim, work_item, work_params
+from .schema import ClockRow, EipRow, OperationRow, TransitionRow, VmRow, WorkRow
+from .statements import (
+    db_now,
+    due_picks,
+    eip_cas_delete,
+    eip_cas_update,
+    history_params,
+    lease_extend,
+    work_claim,
+    work_item,
+    work_params,
+)
 
-__all__ = ["LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
+__all__ = ["LeaseClock", "LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
 VM = VmRow.__table__  # type: ignore[attr-defined]
 OPERATION = OperationRow.__table__  # type: ignore[attr-defined]
+CLOCK = ClockRow.__table__  # type: ignore[attr-defined]
 
 _EIP_COLS = [c.name for c in EIP.columns]
 if tuple(_EIP_COLS) != tuple(Eip.__dataclass_fields__):  # _eip() builds an Eip positionally from a row
@@ -58,6 +69,54 @@ def _row_cache_size() -> int:
     return int(raw)
 
 
+def lease_us(seconds: float) -> int:
+    """A lease length in whole microseconds (what the lease statements add to the shared clock)."""
+    return round(seconds * 1_000_000)
+
+
+class LeaseClock:
+    """The one clock every process judges leases by: the database's, plus a shared skew.
+
+    Claims, renewals and expiry checks read it inside their own statements (:class:`~eipflow.store.
+    statements.db_now`), so a process whose clock runs ahead or behind cannot take a live lease. A
+    ``clock=`` given to :class:`Store` / ``Eipflow.open`` is that process's clock only: it stamps rows
+    and schedules backoff, never leases.
+
+    :meth:`advance` moves the shared clock for *every* process (it writes the skew row): tests use it to
+    let a lease expire without waiting; production never calls it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._select = sa.select(db_now())
+
+    def now(self) -> datetime:
+        """The shared clock's current time (aware UTC)."""
+        engine = self._store.engine
+        with translate_errors(engine), self._store._read() as conn:
+            value = conn.execute(self._select).scalar_one()
+        if isinstance(value, str):  # SQLite's text, when the expression's type is not applied
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @retry_transient
+    def advance(self, seconds: float) -> None:
+        """Move the shared lease clock by ``seconds`` for every process using this database (tests)."""
+        engine = self._store.engine
+        with translate_errors(engine), engine.begin() as conn:
+            moved = conn.execute(CLOCK.update().where(CLOCK.c.id == 1)
+                                 .values(skew_us=CLOCK.c.skew_us + lease_us(seconds)))
+            if moved.rowcount != 1:
+                conn.execute(CLOCK.insert().values(id=1, skew_us=lease_us(seconds)))
+
+    def skew(self) -> float:
+        """Seconds the shared clock is moved from the database's own (0 unless a test moved it)."""
+        with translate_errors(self._store.engine), self._store._read() as conn:
+            raw = conn.execute(sa.select(CLOCK.c.skew_us).where(CLOCK.c.id == 1)).scalar()
+        return (raw or 0) / 1_000_000
+
+
 class _CasLost(Exception):
     """Internal: the compare-and-swap matched no row; unwinds the transaction."""
 
@@ -73,6 +132,8 @@ class NewWork:
     host_uuid: str | None
     due_at: datetime | None = None
     cleanup: bool = False
+    #: the fencing token its backend call carries (``None`` while an attach's apply is in ``binding``)
+    generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +201,10 @@ class Store:
             HISTORY.c.version
         )
         self._claim = work_claim()
+        self._extend = lease_extend()
         self._due_expired, self._due_pending = due_picks(sa.bindparam("n"))
+        #: the shared clock leases are judged by (the database's); ``clock`` is this process's
+        self.lease_clock = LeaseClock(self)
 
     # -- connections ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -249,7 +313,7 @@ class Store:
         if row is None:
             return None
         m = row._mapping
-        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"])
+        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
 
     # -- writes --------------------------------------------------------------------------------
     @retry_transient  # every write is one transaction: safe to run again after a deadlock
@@ -491,36 +555,58 @@ class Store:
             return self._insert_work_item(conn, eip_uuid, work, self.clock.now())
 
     @retry_transient
-    def record_vm(self, uuid: str, host_uuid: str | None, running: bool) -> Vm:
-        """Upsert what eipflow is told about a VM (the latest fact wins)."""
+    def record_vm(
+        self, uuid: str, host_uuid: str | None, running: bool, *, expected_version: int | None = None
+    ) -> Vm | None:
+        """Record what eipflow is told about a VM, compare-and-swapped on the fact's version.
+
+        Args:
+            expected_version: ``None``: a new fact that wins over whatever is recorded (read, then
+                compare-and-swap, again if another fact landed in between — never a blind write);
+                ``0``: only if nothing is recorded yet (an attach's host guess); ``N``: only if the
+                recorded fact is still at version ``N`` (a fact derived from the one read).
+
+        Returns:
+            The fact as written, or ``None`` when ``expected_version`` no longer holds.
+        """
         now = self.clock.now()
         values = {"host_uuid": host_uuid, "running": running, "updated_at": now}
-        for _ in range(5):
+        for _ in range(50):
+            current = self.vm(uuid) if expected_version is None else None
+            version = current.version if current is not None else (expected_version or 0)
+            if version == 0:
+                try:
+                    with translate_errors(self.engine), self.engine.begin() as conn:
+                        conn.execute(VM.insert().values(uuid=uuid, version=1, **values))
+                    return Vm(uuid, host_uuid, running, now, 1)
+                except sa.exc.IntegrityError:
+                    if expected_version is not None:
+                        return None  # somebody recorded a fact first: it wins over our guess
+                    continue
             with translate_errors(self.engine), self.engine.begin() as conn:
                 upd = conn.execute(
-                    VM.update().where(VM.c.uuid == uuid).values(version=VM.c.version + 1, **values)
+                    VM.update().where(VM.c.uuid == uuid, VM.c.version == version).values(version=version + 1, **values)
                 )
-                if upd.rowcount == 1:
-                    return Vm(uuid, host_uuid, running, now)
-            try:
-                with translate_errors(self.engine), self.engine.begin() as conn:
-                    conn.execute(VM.insert().values(uuid=uuid, version=1, **values))
-                return Vm(uuid, host_uuid, running, now)
-            except sa.exc.IntegrityError:
-                continue  # inserted concurrently: update it on the next round
-        raise RuntimeError(f"could not record VM {uuid}")  # pragma: no cover - needs 5 lost races in a row
+            if upd.rowcount == 1:
+                return Vm(uuid, host_uuid, running, now, version + 1)
+            if expected_version is not None:
+                return None
+        raise VersionConflict(uuid, version, 50)  # pragma: no cover - 50 lost races in a row
 
     @retry_transient
     def claim(self, work_id: int, owner: str, lease_seconds: float) -> WorkItem | None:
-        """Lease one item: a compare-and-swap on its status and lease, correct on every database."""
+        """Lease one item: a compare-and-swap on its status and lease, correct on every database.
+
+        The lease is granted, and an expired one recognised, on the shared :class:`LeaseClock`.
+        """
         now = self.clock.now()
-        expires = now + timedelta(seconds=lease_seconds)
+        lease = lease_us(lease_seconds)
         if self._fast is not None:
             try:
-                return self._fast.claim(work_id, owner, now, expires)
+                return self._fast.claim(work_id, owner, now, lease)
             except Unsupported:
                 pass  # the Core path below translates the error (and retries a deadlock)
-        params = {"w_id": work_id, "w_now": now, "s_owner": owner, "s_expires": expires, "s_now": now}
+        params = {"w_id": work_id, "w_now": now, "s_owner": owner, "s_lease_us": lease, "s_now": now}
         with translate_errors(self.engine), self.engine.begin() as conn:
             if conn.execute(self._claim, params).rowcount != 1:
                 return None
@@ -529,14 +615,10 @@ class Store:
 
     @retry_transient
     def extend_lease(self, work_id: int, owner: str, lease_seconds: float) -> bool:
-        now = self.clock.now()
-        stmt = (
-            WORK.update()
-            .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-        )
+        """Renew a lease ``owner`` holds to the shared clock's now + ``lease_seconds``; ``False``: not ours."""
+        params = {"w_id": work_id, "w_owner": owner, "s_lease_us": lease_us(lease_seconds), "s_now": self.clock.now()}
         with translate_errors(self.engine), self.engine.begin() as conn:
-            return bool(conn.execute(stmt).rowcount == 1)
+            return bool(conn.execute(self._extend, params).rowcount == 1)
 
     @retry_transient
     def set_work_status(
@@ -596,7 +678,8 @@ class Operations:
                 with translate_errors(engine), engine.begin() as conn:
                     conn.execute(
                         OPERATION.insert().values(
-                            op_id=op_id, request=request, status="running", result=None, created_at=now, updated_at=now
+                            op_id=op_id, request=request, status="running", result=None, created_at=now,
+                            updated_at=db_now(),  # on the shared lease clock: take_over judges it there
                         )
                     )
                 return None
@@ -627,13 +710,13 @@ class Operations:
             conn.execute(OPERATION.delete().where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running"))
 
     @retry_transient
-    def take_over(self, op_id: str, stale_before: datetime) -> bool:
-        """Claim a ``running`` operation whose caller died (not updated since ``stale_before``)."""
-        now = self.store.clock.now()
+    def take_over(self, op_id: str, lease_seconds: float) -> bool:
+        """Claim a ``running`` operation whose caller died (not updated for ``lease_seconds`` on the shared clock)."""
         stmt = (
             OPERATION.update()
-            .where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running", OPERATION.c.updated_at < stale_before)
-            .values(updated_at=now)
+            .where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running",
+                   OPERATION.c.updated_at < db_now(sa.literal(-lease_us(lease_seconds))))
+            .values(updated_at=db_now())
         )
         with translate_errors(self.store.engine), self.store.engine.begin() as conn:
             return bool(conn.execute(stmt).rowcount == 1)

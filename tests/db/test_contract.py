@@ -168,7 +168,7 @@ def test_claim_is_exclusive(ctx: Ctx) -> None:
     assert not isinstance(item, BaseException)
     assert (item.status, item.attempts) == ("running", 1)
 
-    ctx.clock.advance(31)  # the lease expired: the holder died
+    ctx.store.lease_clock.advance(31)  # the lease expired (on the shared clock): the holder died
     second = _race(THREADS, lambda i: ctx.store.claim(work_id, f"v{i}", 30))
     assert not [r for r in second if isinstance(r, BaseException)]
     took = [r for r in second if r is not None]

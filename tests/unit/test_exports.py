@@ -7,10 +7,10 @@ import eipflow
 EXPECTED = {
     "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend", "BackendError", "BackendTimeout", "Clock",
     "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
-    "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "IllegalTransition", "InMemoryDataplane",
+    "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "HostRecord", "IllegalTransition", "InMemoryDataplane",
     "InvalidAddress", "InvalidBackendSpec", "InvalidIdentifier", "InvalidInput", "ListsRules", "ManualClock",
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
-    "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm", "WorkItem",
+    "StaleGeneration", "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm", "WorkItem",
     "WorkItemNotFound", "Worker", "__version__", "connect", "load_backend",
 }
 
