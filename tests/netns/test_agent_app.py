@@ -25,9 +25,9 @@ TOKEN = "s3cret-token-0123456789"
 HOST = "host-1"
 
 
-def body(**over: str) -> dict[str, str]:
-    data = {"eip_uuid": str(uuid.uuid4()), "vip": "203.0.113.100", "vm_nic_uuid": "nic-1",
-            "guest_ip": "192.0.2.10", "host_uuid": HOST}
+def body(**over: object) -> dict[str, object]:
+    data: dict[str, object] = {"eip_uuid": str(uuid.uuid4()), "vip": "203.0.113.100", "vm_nic_uuid": "nic-1",
+                               "guest_ip": "192.0.2.10", "host_uuid": HOST, "generation": 1}
     data.update(over)
     return data
 
@@ -72,7 +72,7 @@ def test_apply_list_revoke(client: httpx.Client, dataplane: InMemoryDataplane) -
     """Apply puts the rule in the dataplane, /v1/rules lists it, revoke removes it."""
     b = body()
     assert client.post("/v1/apply", json=b).json() == {"ok": True, "action": "apply", "eip_uuid": b["eip_uuid"]}
-    assert dataplane.rules() == [EipSpec(**b)]
+    assert dataplane.rules() == [EipSpec(**b)]  # type: ignore[arg-type]
     assert client.get("/v1/rules").json() == {"host_uuid": HOST, "rules": [b]}
     assert client.post("/v1/revoke", json=b).status_code == 200
     assert dataplane.rules() == []
@@ -110,6 +110,11 @@ def test_healthz_needs_no_token_and_says_only_ok(client: httpx.Client) -> None:
         (json.dumps(body(eip_uuid="../../etc")).encode(), 422),
         (json.dumps(body(vm_nic_uuid="n" * 129)).encode(), 422),
         (json.dumps(body(host_uuid="host-2")).encode(), 421),
+        (json.dumps({k: v for k, v in body().items() if k != "generation"}).encode(), 422),
+        (json.dumps(body(generation=-1)).encode(), 422),
+        (json.dumps(body(generation="7")).encode(), 422),
+        (json.dumps(body(generation=True)).encode(), 422),
+        (json.dumps(body(generation=2**63)).encode(), 422),
         (json.dumps({**body(), "pad": "x" * MAX_BODY_BYTES}).encode(), 413),
     ],
 )
@@ -120,6 +125,40 @@ def test_malformed_bodies_are_refused_and_change_nothing(client: httpx.Client, d
     assert response.status_code == status, response.text
     assert "error" in response.json()
     assert dataplane.calls == []
+
+
+def test_stale_generations_are_409_with_the_hosts_generation_and_change_nothing(
+    client: httpx.Client, dataplane: InMemoryDataplane
+) -> None:
+    """An apply older than the host's record, or a replayed old revoke: 409, the body says what the host has."""
+    newer = body(generation=7)
+    assert client.post("/v1/apply", json=newer).status_code == 200
+    stale = {**newer, "generation": 5, "guest_ip": "192.0.2.99"}
+    for path in ("/v1/apply", "/v1/revoke"):
+        response = client.post(path, json=stale)
+        assert response.status_code == 409, response.text
+        data = response.json()
+        assert (data["current_generation"], data["requested_generation"], data["eip_uuid"]) == (7, 5, newer["eip_uuid"])
+        assert data["reason"] in ("older", "newer_rule")
+    assert dataplane.rules() == [EipSpec(**newer)]  # type: ignore[arg-type]
+    assert client.post("/v1/revoke", json={**newer, "generation": 8}).status_code == 200
+    replay = client.post("/v1/apply", json=newer)  # a captured apply, replayed after the revoke
+    assert (replay.status_code, replay.json()["reason"]) == (409, "older")
+    assert dataplane.rules() == []
+
+
+def test_http_backend_raises_stale_generation_on_409() -> None:
+    """The control plane's side: 409 becomes StaleGeneration (never retried) with the host's generation."""
+    from eipflow import StaleGeneration
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        return httpx.Response(409, json={"error": "stale", "reason": "older", "eip_uuid": sent["eip_uuid"],
+                                         "requested_generation": sent["generation"], "current_generation": 12})
+
+    with backend_over(httpx.MockTransport(handler)) as backend, pytest.raises(StaleGeneration) as info:
+        backend.apply(spec())
+    assert (info.value.current, info.value.requested, info.value.retryable, info.value.host_uuid) == (12, 1, False, HOST)
 
 
 def test_backend_failures_map_to_502_and_504(client: httpx.Client, dataplane: InMemoryDataplane) -> None:
@@ -148,7 +187,7 @@ def backend_over(transport: httpx.BaseTransport, **over: object) -> HttpAgentBac
 
 
 def spec() -> EipSpec:
-    return EipSpec(**body())
+    return EipSpec(**body())  # type: ignore[arg-type]
 
 
 def test_http_backend_drives_the_engine_through_the_agent(client: httpx.Client, dataplane: InMemoryDataplane,
@@ -206,7 +245,7 @@ def test_http_backend_maps_answers() -> None:
 def test_http_backend_unknown_host_is_not_retryable() -> None:
     backend = HttpAgentBackend({HOST: config()})
     with pytest.raises(BackendError, match="no agent") as info:
-        backend.apply(EipSpec(**body(host_uuid="host-9")))
+        backend.apply(EipSpec(**body(host_uuid="host-9")))  # type: ignore[arg-type]
     assert info.value.retryable is False
 
 
