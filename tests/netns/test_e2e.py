@@ -257,7 +257,7 @@ def test_agent_refuses_bad_tokens_and_malformed_bodies(topo: Topology) -> None:
     """A real agent: wrong or missing token -> 401, malformed body -> 422; the ruleset never changes."""
     topo.start_agent("host-1")
     spec = {"eip_uuid": "5c8e7a4e-8f1d-4f53-9a55-2d7f0e6f1a10", "vip": VIP, "vm_nic_uuid": NIC,
-            "guest_ip": GUEST_IP, "host_uuid": "host-1"}
+            "guest_ip": GUEST_IP, "host_uuid": "host-1", "generation": 1}
     before = topo.lab.ruleset(topo.hosts["host-1"])
     transport = httpx.HTTPTransport(uds=str(topo.socket("host-1")))
     with httpx.Client(base_url="http://agent", transport=transport, timeout=10) as client:
@@ -276,12 +276,47 @@ def test_agent_refuses_bad_tokens_and_malformed_bodies(topo: Topology) -> None:
         assert len(topo.eip_rules("host-1")) == 2
 
 
+def test_a_stale_generation_sent_straight_to_the_agent_is_refused_and_traffic_still_flows(
+    topo: Topology, open_flow: Callable[..., Eipflow]
+) -> None:
+    """A zombie's (or a replayed) apply of an older generation, sent to a real agent: 409 with the host's
+    generation, the kernel's rules unchanged, the VIP still reaches the current guest — also after the agent
+    restarts (the generation lives in its state dir)."""
+    topo.start_agent("host-1")
+    flow = open_flow()
+    eip = flow.create_eip(VIP)
+    attached = attach(flow, eip)
+    assert attached.state == "attached"
+    [rule] = flow.dataplane("host-1")
+    assert rule.generation == attached.version - 1
+    def ruleset() -> list[str]:  # the rules without their packet counters, which traffic moves
+        return [re.sub(r"counter packets \d+ bytes \d+", "counter", r) for r in topo.eip_rules("host-1")]
+
+    before = ruleset()
+    stale = {"eip_uuid": eip.uuid, "vip": VIP, "vm_nic_uuid": "nic-zombie", "guest_ip": "192.0.2.99",
+             "host_uuid": "host-1", "generation": rule.generation - 1}
+    good = {"Authorization": f"Bearer {topo.token}"}
+    for restart in (False, True):
+        if restart:
+            topo.kill_agent("host-1")
+            topo.start_agent("host-1")
+        transport = httpx.HTTPTransport(uds=str(topo.socket("host-1")))
+        with httpx.Client(base_url="http://agent", transport=transport, timeout=10) as client:
+            for path in ("/v1/apply", "/v1/revoke"):
+                answer = client.post(path, json=stale, headers=good)
+                assert answer.status_code == 409, answer.text
+                assert answer.json()["current_generation"] == rule.generation
+        assert ruleset() == before
+        greeting = reaches_guest(topo)
+        assert greeting is not None and "hello from guest" in greeting
+
+
 def test_sigterm_lets_the_in_flight_apply_finish(topo: Topology) -> None:
     """Graceful shutdown: SIGTERM while an apply is held; the call still gets its 200, then the agent exits."""
     hold = HoldFifo(topo.workdir / "hold")
     topo.start_agent("host-1", hold_fifo=hold.path)
     spec = {"eip_uuid": "5c8e7a4e-8f1d-4f53-9a55-2d7f0e6f1a10", "vip": VIP, "vm_nic_uuid": NIC,
-            "guest_ip": GUEST_IP, "host_uuid": "host-1"}
+            "guest_ip": GUEST_IP, "host_uuid": "host-1", "generation": 1}
     transport = httpx.HTTPTransport(uds=str(topo.socket("host-1")))
     with httpx.Client(base_url="http://agent", transport=transport, timeout=30,
                       headers={"Authorization": f"Bearer {topo.token}"}) as client:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
-from eipflow import BackendError
+from eipflow import BackendError, StaleGeneration
 from eipflow.agent.lab import Lab
 from eipflow.backends.nftables import NftablesBackend, parse_rules
 from eipflow.values import EipSpec
@@ -30,8 +31,8 @@ def nft(host: str) -> NftablesBackend:
 
 
 def spec(eip: str | None = None, *, guest: str = "192.0.2.10", vip: str = "203.0.113.100",
-         nic: str = "nic-1") -> EipSpec:
-    return EipSpec(eip or str(uuid.uuid4()), vip, nic, guest, HOST)
+         nic: str = "nic-1", gen: int = 1) -> EipSpec:
+    return EipSpec(eip or str(uuid.uuid4()), vip, nic, guest, HOST, gen)
 
 
 def kernel_rules(lab: Lab, ns: str) -> list[str]:
@@ -64,33 +65,74 @@ def test_apply_is_idempotent_and_replaces_the_eips_old_rules(lab: Lab, host: str
     nft.apply(s)
     nft.apply(s)
     assert len(kernel_rules(lab, host)) == 2
-    moved = spec(s.eip_uuid, guest="192.0.2.11", nic="nic-2")
+    moved = spec(s.eip_uuid, guest="192.0.2.11", nic="nic-2", gen=2)
     nft.apply(moved)
     rules = kernel_rules(lab, host)
     assert len(rules) == 2 and all("192.0.2.10" not in r for r in rules)
     assert nft.rules() == [moved]
 
 
-def test_revoke_removes_only_the_callers_own_rules(lab: Lab, host: str, nft: NftablesBackend) -> None:
-    """A late revoke of an older binding (other guest IP or NIC) leaves the newer rules and the VIP in place."""
-    old = spec()
-    new = spec(old.eip_uuid, guest="192.0.2.11", nic="nic-2")
+def test_a_late_revoke_never_removes_a_newer_generation(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """A late revoke of an older generation — another binding, or the very same one — is refused: the newer
+    rules and the VIP stay. A revoke of the current generation removes all of the EIP's rules."""
+    old = spec(gen=3)
+    new = spec(old.eip_uuid, guest="192.0.2.11", nic="nic-2", gen=5)
     nft.apply(new)
-    nft.revoke(old)
-    nft.revoke(spec(old.eip_uuid, guest="192.0.2.11", nic="nic-other"))
-    assert nft.rules() == [new]
+    before = kernel_rules(lab, host)
+    for late in (old, spec(old.eip_uuid, guest="192.0.2.11", nic="nic-2", gen=4)):
+        with pytest.raises(StaleGeneration) as info:
+            nft.revoke(late)
+        assert (info.value.reason, info.value.current) == ("newer_rule", 5)
+    assert kernel_rules(lab, host) == before and nft.rules() == [new]
     assert "203.0.113.100" in addresses(lab, host)
     nft.revoke(new)
     assert kernel_rules(lab, host) == []
     assert "203.0.113.100" not in addresses(lab, host)
-    nft.revoke(new)  # absent: not an error
+    nft.revoke(new)  # the same revoke again: not an error
     assert nft.rules() == []
+
+
+def test_a_stale_apply_is_refused_and_changes_no_kernel_rule(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """The zombie's apply of an older generation, and a replay of a revoked generation: the ruleset is untouched."""
+    current = spec(gen=9)
+    nft.apply(current)
+    before = lab.ruleset(host)
+    with pytest.raises(StaleGeneration) as info:
+        nft.apply(spec(current.eip_uuid, guest="192.0.2.66", gen=8))
+    assert info.value.reason == "older"
+    with pytest.raises(StaleGeneration):
+        nft.apply(spec(current.eip_uuid, guest="192.0.2.66", gen=9))  # same generation, other content
+    assert lab.ruleset(host) == before
+    nft.revoke(spec(current.eip_uuid, gen=10))
+    with pytest.raises(StaleGeneration):
+        nft.apply(current)  # a captured apply replayed after the revoke
+    assert kernel_rules(lab, host) == []
+
+
+def test_generations_survive_a_restart_in_the_state_dir(lab: Lab, host: str, tmp_path: Path) -> None:
+    """The tombstone of a revoke lives in the agent's state dir: a new backend (an agent restart) still
+    refuses the late apply it was left for; the rules' comments carry the generation of what is realized."""
+    first = NftablesBackend(HOST, public_interface="pub0", namespace=host, state_dir=tmp_path)
+    s = spec(gen=4)
+    first.apply(s)
+    assert sum("dnat@4" in r or "snat@4" in r for r in kernel_rules(lab, host)) == 2
+    first.revoke(spec(s.eip_uuid, gen=6))
+    restarted = NftablesBackend(HOST, public_interface="pub0", namespace=host, state_dir=tmp_path)
+    with pytest.raises(StaleGeneration) as info:
+        restarted.apply(s)
+    assert info.value.current == 6
+    assert kernel_rules(lab, host) == []
+    restarted.apply(spec(s.eip_uuid, gen=7))
+    again = NftablesBackend(HOST, public_interface="pub0", namespace=host)  # no state dir: the kernel still knows
+    with pytest.raises(StaleGeneration):
+        again.apply(spec(s.eip_uuid, guest="192.0.2.99", gen=5))
+    assert [r.generation for r in again.rules()] == [7]
 
 
 def test_rules_lists_several_eips_and_long_nic_ids(lab: Lab, host: str, nft: NftablesBackend) -> None:
     """NIC ids up to the 128-character limit survive the round trip through two rule comments."""
     long_nic = "n" * 60 + "-" + "x" * 67  # 128 characters: longer than one comment can hold
-    a = spec(nic=long_nic)
+    a = spec(nic=long_nic, gen=10**12)  # a long generation too: both still fit the two 128-byte comments
     b = spec(guest="192.0.2.20", vip="203.0.113.101", nic="eni-0abc")
     nft.apply(a)
     nft.apply(b)
