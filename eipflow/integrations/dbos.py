@@ -51,11 +51,16 @@ eipflow its tables in the connection's default schema, so on PostgreSQL one data
 DBOS another database (or another SQLite file, which avoids two writers contending for one file lock).
 
 **Cancellation.** ``DBOS.cancel_workflow`` stops a workflow at its next step boundary; a step already
-running (these steps are synchronous, so never preempted) finishes. A workflow cancelled during or after
-its attach step leaves the EIP ``attached`` (or ``released`` if the VM stopped), with its rule — eipflow's
-state is always a stable state or durable work that ``eipflow worker`` finishes, never half-done, so
-``eipflow reconcile`` has nothing to repair. DBOS runs no compensation: call :meth:`EipflowSteps.detach`
-(in a new workflow, or in your workflow's error path) to undo it.
+running (these steps are synchronous, so never preempted) finishes, but DBOS does not checkpoint it. A
+workflow cancelled during or after its attach step leaves the EIP ``attached`` (or ``released`` if the VM
+stopped), with its rule — an attach that started completes through eipflow's durable work, so ``eipflow
+reconcile`` has nothing to repair. DBOS runs no compensation: call :meth:`EipflowSteps.detach` (in a new
+workflow, or in your workflow's error path) to undo it. ``DBOS.resume_workflow`` re-runs the cancelled
+step with the same step id, and eipflow replays its outcome.
+
+**Crash points** (for tests, see :mod:`eipflow.faultpoints`): ``EIPFLOW_CRASH_AT=dbos_step_done:<method>``
+dies after the eipflow operation completed and before DBOS checkpoints the step;
+``dbos_step_checkpointed:<method>`` dies after the checkpoint, before the workflow's next step.
 
 **Forks.** ``DBOS.fork_workflow`` gives the fork a new workflow id, so its re-executed steps are new
 eipflow operations: re-attaching an EIP the original already attached raises

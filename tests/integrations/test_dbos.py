@@ -14,6 +14,7 @@ recovers the dead process's pending workflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -312,6 +313,17 @@ def test_cancelled_during_the_attach_then_resumed(app: App, tmp_path: Path) -> N
 # -- in-process: the step machinery ------------------------------------------------------------------
 
 
+def forget_dbos_console_handler() -> None:
+    """Drop the console handler DBOS put on its ``dbos`` logger, so the next DBOS() makes a fresh one.
+
+    DBOS creates that handler once per process, bound to the ``sys.stderr`` of the moment; under
+    pytest's capture that stream is closed after the test, and the next DBOS() would flush into it.
+    """
+    logger = logging.getLogger("dbos")
+    for handler in [h for h in logger.handlers if h.name == "__dbos_console_log_handler__"]:
+        logger.removeHandler(handler)
+
+
 @pytest.fixture
 def dbos_sqlite(tmp_path: Path) -> Iterator[str]:
     """A DBOS instance on a fresh SQLite system database; register workflows, then ``DBOS.launch()``.
@@ -322,11 +334,13 @@ def dbos_sqlite(tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'dbos.db'}"
     from eipflow.integrations.dbos import shared_config
 
+    forget_dbos_console_handler()
     dbos.DBOS(config=shared_config(url, name="eipflow-test", application_version="test", log_level="WARNING"))
     try:
         yield url
     finally:
         dbos.DBOS.destroy(destroy_registry=True)
+        forget_dbos_console_handler()
 
 
 def test_operation_id_is_the_workflow_id_and_step_position() -> None:
