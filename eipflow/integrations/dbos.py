@@ -80,7 +80,7 @@ import structlog
 from dbos import DBOS, DBOSConfig, StepOptions
 
 from ..api import Eipflow
-from ..errors import EipflowError, StepPending
+from ..errors import ConflictError, EipflowError, StepPending
 from ..faultpoints import crash_point
 from ..machine import IN_FLIGHT
 from ..validation import MAX_ID_LENGTH
@@ -98,8 +98,15 @@ _POLL_MAX_S = 0.5
 
 
 def retryable(exc: BaseException) -> bool:
-    """DBOS ``should_retry``: retry exactly the errors eipflow marks ``retryable``."""
-    return isinstance(exc, EipflowError) and exc.retryable
+    """DBOS ``should_retry``: retry the errors eipflow marks ``retryable``, and nothing else.
+
+    The operation ledger's "still running in another caller" (a plain :class:`~eipflow.ConflictError`)
+    counts as retryable too: another process runs this very operation (a recovery racing the original
+    process), and the retry gets its outcome.
+    """
+    if not isinstance(exc, EipflowError):
+        return False
+    return exc.retryable or (type(exc) is ConflictError and "still running" in str(exc))
 
 
 #: DBOS step options of every eipflow step: retry eipflow's retryable errors with backoff.

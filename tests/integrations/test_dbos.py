@@ -355,6 +355,20 @@ def test_operation_id_is_the_workflow_id_and_step_position() -> None:
         operation_id()
 
 
+def test_only_retryable_errors_are_retried_by_dbos() -> None:
+    """DBOS's should_retry follows eipflow's ``retryable``; an attach that failed is final."""
+    from eipflow.errors import BackendError, ConflictError, IllegalTransition, StepPending
+    from eipflow.integrations.dbos import DEFAULT_STEP_OPTIONS, retryable
+
+    assert DEFAULT_STEP_OPTIONS["should_retry"] is retryable
+    assert retryable(StepPending("u", "applying", 1))
+    assert retryable(ConflictError("operation dbos:wf/4 is still running in another caller; retry later"))
+    assert not retryable(AttachFailed("u", "boom", "detached"))
+    assert not retryable(IllegalTransition(eip_uuid="u", state="attached", event="attach", allowed=["detach"]))
+    assert not retryable(BackendError("refused", retryable=False))
+    assert not retryable(RuntimeError("not eipflow's"))
+
+
 def test_replayed_steps_do_the_work_once(dbos_sqlite: str, sqlite_url: str) -> None:
     """Two workflows, each attaching and detaching: every eipflow step gets its own id; a repeat run replays."""
     from eipflow.integrations.dbos import EipflowSteps
@@ -428,6 +442,25 @@ def test_outside_a_workflow_the_steps_are_plain_calls(sqlite_url: str) -> None:
         [released] = eips.vm_stopped("v")
         assert released.state == "released" and backend.rules() == []
         assert eips.delete_eip(eip.uuid).state == "deleted"
+
+
+def test_a_create_rerun_after_its_caller_died_finds_its_eip(sqlite_url: str) -> None:
+    """The first run created the EIP and died before recording the outcome: the re-run returns that EIP."""
+    from eipflow import ManualClock
+    from eipflow.store.store import OPERATION
+
+    clock = ManualClock()
+    with Eipflow.open(sqlite_url, InMemoryDataplane(), clock=clock, lease_seconds=5, owner="dbos-unit") as flow:
+        first = flow.create_eip("203.0.113.23", "web", op_id="dbos:wf-c/1")
+        # What a process killed between the create's commit and the outcome's leaves: the operation "running".
+        with flow.store.engine.begin() as conn:
+            conn.execute(OPERATION.update().where(OPERATION.c.op_id == "dbos:wf-c/1").values(status="running"))
+        clock.advance(10)  # past the dead caller's lease: the re-run takes the operation over
+        again = flow.create_eip("203.0.113.23", "web", op_id="dbos:wf-c/1")
+        assert again.uuid == first.uuid
+        assert [e.uuid for e in flow.list_eips()] == [first.uuid]
+        assert [r.event for r in flow.history(first.uuid)] == ["create"]
+        assert flow.operations.get("dbos:wf-c/1")["status"] == "done"
 
 
 def test_the_core_never_imports_dbos() -> None:
