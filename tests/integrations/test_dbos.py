@@ -13,12 +13,15 @@ recovers the dead process's pending workflow.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,7 +95,11 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databa
 
 
 class PipeGate:
-    """The cross-process gate of eipflow.backends.faults, as two named pipes: no polling on either side."""
+    """The cross-process gate of eipflow.backends.faults, as two named pipes.
+
+    Both ends wait on the pipes themselves (``select``), checking every half second that the process
+    holding the other end is still alive, so a process that dies early fails the test instead of hanging it.
+    """
 
     def __init__(self, root: Path) -> None:
         root.mkdir()
@@ -101,14 +108,35 @@ class PipeGate:
         os.mkfifo(root / "release")
         self.env = {"EIPFLOW_SIM_GATE": str(root)}
 
-    def wait_entered(self) -> int:
-        """Block until an apply reaches the gate; returns the pid of the process holding it."""
-        with (self.root / "entered").open() as pipe:
-            return int(pipe.readline())
+    def wait_entered(self, proc: subprocess.Popen[bytes]) -> int:
+        """Block until ``proc``'s apply reaches the gate; returns the pid written by the process holding it."""
+        fd = os.open(self.root / "entered", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            data = b""
+            while not data.endswith(b"\n"):
+                assert proc.poll() is None, f"exited with {proc.returncode} before reaching the gate"
+                assert time.monotonic() < deadline, "no apply reached the gate"
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    data += os.read(fd, 64)
+            return int(data)
+        finally:
+            os.close(fd)
 
-    def release(self) -> None:
-        with (self.root / "release").open("w") as pipe:
-            pipe.write("go\n")
+    def release(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            try:
+                fd = os.open(self.root / "release", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:  # ENXIO: the held apply has not opened its end yet
+                if exc.errno != errno.ENXIO:
+                    raise
+                assert proc.poll() is None and time.monotonic() < deadline, "the held apply is gone"
+                time.sleep(0.05)  # polling another process's progress, not waiting out a race
+        os.write(fd, b"go\n")
+        os.close(fd)
 
 
 @dataclass
@@ -218,7 +246,7 @@ def test_killed_while_the_attach_apply_is_held(app: App, tmp_path: Path) -> None
     """kill -9 while the attach step's apply is held at the gate; DBOS recovers the workflow in a new process."""
     gate = PipeGate(tmp_path / "gate")
     first = app.start("first", extra=gate.env)
-    assert gate.wait_entered() == first.pid
+    assert gate.wait_entered(first) == first.pid
     with app.flow() as flow:
         eip = flow.get_eip(_only_eip(flow))
         assert (eip.state, eip.vm_nic_uuid) == ("applying", "nic-7")  # the binding is persisted before the apply
@@ -276,13 +304,13 @@ def test_cancelled_during_the_attach_then_resumed(app: App, tmp_path: Path) -> N
     """
     gate = PipeGate(tmp_path / "gate")
     first = app.start("first", extra=gate.env)
-    gate.wait_entered()
+    gate.wait_entered(first)
     client = dbos.DBOSClient(system_database_url=app.db.url, dbos_system_schema=app.db.schema)
     try:
         client.cancel_workflow(WORKFLOW)
     finally:
         client.destroy()
-    gate.release()
+    gate.release(first)
     rc, out = app.finish("first", first)
 
     assert rc == 1 and out["status"] == "CANCELLED", app.stderr("first")
