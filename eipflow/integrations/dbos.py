@@ -28,6 +28,9 @@ the operation the dead process started — the binding it persisted, the durable
 instead of starting another; a step that had finished in eipflow but whose checkpoint DBOS had not yet
 written replays the recorded outcome. A step DBOS already checkpointed is not run again at all.
 
+The steps are synchronous; from an ``async def`` workflow call them with ``await asyncio.to_thread(...)``
+(DBOS's context goes with the call), one at a time so that step positions stay deterministic.
+
 **The attach step** persists the binding and its apply work item (``attach(wait=False)``, under the
 operation id), runs the work if it can be claimed, and waits until the EIP is stable: while the work is
 leased by a dead process it waits for that lease to expire (``EIPFLOW_LEASE_SECONDS``, default 60 s),
@@ -78,9 +81,11 @@ from typing import Any, TypeVar
 
 import structlog
 from dbos import DBOS, DBOSConfig, StepOptions
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..api import Eipflow
-from ..errors import ConflictError, EipflowError, StepPending
+from ..errors import ConflictError, EipflowError, InvalidInput, StepPending
 from ..faultpoints import crash_point
 from ..machine import IN_FLIGHT
 from ..validation import MAX_ID_LENGTH
@@ -131,12 +136,12 @@ def operation_id(workflow_id: str | None = None, step_id: int | None = None) -> 
         step_id: default: the running step's (``DBOS.step_id``).
 
     Raises:
-        RuntimeError: called outside a DBOS step without both ids.
+        InvalidInput: called outside a DBOS step without both ids.
     """
     wf = workflow_id if workflow_id is not None else DBOS.workflow_id
     step = step_id if step_id is not None else DBOS.step_id
     if wf is None or step is None:
-        raise RuntimeError("operation_id() needs a running DBOS step (or explicit workflow_id and step_id)")
+        raise InvalidInput("operation_id() needs a running DBOS step (or explicit workflow_id and step_id)")
     op = f"dbos:{wf}/{step}"
     if len(op) > MAX_ID_LENGTH or not _PLAIN_ID.match(wf):
         op = f"dbos:sha256:{hashlib.sha256(wf.encode()).hexdigest()}/{step}"
@@ -152,7 +157,20 @@ def shared_config(url: str, *, name: str, schema: str = "dbos", **extra: Any) ->
         name: the DBOS application name.
         schema: the schema of DBOS's system tables (PostgreSQL).
         extra: any other :class:`dbos.DBOSConfig` key.
+
+    Raises:
+        InvalidInput: ``url`` is not a PostgreSQL or SQLite URL (DBOS keeps its tables in nothing else:
+            give DBOS a ``system_database_url`` of its own).
     """
+    try:
+        dialect = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise InvalidInput(f"not a database URL: {url!r}") from None
+    if dialect not in ("postgresql", "sqlite"):
+        raise InvalidInput(
+            f"DBOS keeps its system tables in PostgreSQL or SQLite, not {dialect}: "
+            "give DBOSConfig a system_database_url of its own"
+        )
     config: dict[str, Any] = {"name": name, "system_database_url": url, "dbos_system_schema": schema, **extra}
     return config  # type: ignore[return-value]  # a TypedDict built from keyword arguments
 
@@ -172,6 +190,9 @@ class EipflowSteps:
         options: DBOS step options (default :data:`DEFAULT_STEP_OPTIONS`).
         settle_timeout_s: how long a step waits for backend work leased elsewhere (a dead process's
             lease) before raising :class:`~eipflow.StepPending`; default twice the lease.
+
+    Raises:
+        InvalidInput: ``settle_timeout_s`` is not positive.
     """
 
     def __init__(
@@ -187,6 +208,8 @@ class EipflowSteps:
         self._lock = threading.Lock()
         self.prefix = prefix
         self.options: StepOptions = {**DEFAULT_STEP_OPTIONS, **(options or {})}
+        if settle_timeout_s is not None and not settle_timeout_s > 0:
+            raise InvalidInput(f"settle_timeout_s must be a positive number of seconds, not {settle_timeout_s!r}")
         self.settle_timeout_s = settle_timeout_s
 
     @property

@@ -32,7 +32,7 @@ import pytest
 import sqlalchemy as sa
 
 from eipflow import Eipflow, InMemoryDataplane, SimulatedDataplane
-from eipflow.errors import AttachFailed, OperationIdReused
+from eipflow.errors import AttachFailed, InvalidInput, OperationIdReused
 from eipflow.invariants import check
 from eipflow.values import EipSpec
 from tests._support import PG_ENV, fresh_database, skip_reason
@@ -379,8 +379,22 @@ def test_operation_id_is_the_workflow_id_and_step_position() -> None:
     odd = operation_id("req 42 (retry)", 3)
     assert odd.startswith("dbos:sha256:") and odd.endswith("/3") and len(odd) <= 128
     assert operation_id("x" * 200, 1) == operation_id("x" * 200, 1) != operation_id("x" * 200, 2)
-    with pytest.raises(RuntimeError, match="needs a running DBOS step"):
+    with pytest.raises(InvalidInput, match="needs a running DBOS step"):
         operation_id()
+
+
+def test_bad_configuration_is_refused() -> None:
+    """DBOS cannot share a MariaDB database; a step needs a positive wait."""
+    from eipflow.integrations.dbos import EipflowSteps, shared_config
+
+    assert shared_config("sqlite:///x.db", name="app")["system_database_url"] == "sqlite:///x.db"
+    assert shared_config("postgresql+psycopg://u@h/db", name="app", schema="sys")["dbos_system_schema"] == "sys"
+    with pytest.raises(InvalidInput, match="PostgreSQL or SQLite, not mysql"):
+        shared_config("mysql+pymysql://root@127.0.0.1/test", name="app")
+    with pytest.raises(InvalidInput, match="not a database URL"):
+        shared_config("nonsense", name="app")
+    with pytest.raises(InvalidInput, match="settle_timeout_s"):
+        EipflowSteps(lambda: pytest.fail("not opened"), settle_timeout_s=0)
 
 
 def test_only_retryable_errors_are_retried_by_dbos() -> None:
@@ -455,6 +469,36 @@ def test_failed_attach_is_checkpointed_as_attach_failed(dbos_sqlite: str, sqlite
         assert (step["error"].eip_uuid, step["error"].state) == (created.uuid, "detached")
         assert flow.get_eip(created.uuid).state == "detached" and backend.rules() == []
         assert len(backend.calls_for(created.uuid, "apply")) == 1  # not retried: AttachFailed is not retryable
+
+
+def test_an_async_workflow_runs_the_steps_in_a_thread(dbos_sqlite: str, sqlite_url: str) -> None:
+    """``await asyncio.to_thread(eips.attach, …)`` carries DBOS's context: the same steps and operation ids."""
+    import asyncio
+
+    from eipflow.integrations.dbos import EipflowSteps
+
+    backend = InMemoryDataplane()
+    with Eipflow.open(sqlite_url, backend, owner="dbos-unit") as flow:
+        eips = EipflowSteps(flow)
+
+        @dbos.DBOS.workflow(name="async_attach")
+        async def async_attach(vip: str) -> str:
+            eip = await asyncio.to_thread(eips.create_eip, vip)
+            attached = await asyncio.to_thread(
+                lambda: eips.attach(eip.uuid, nic="nic-3", guest_ip="10.0.0.12", vm="vm-12", host="h12"))
+            return attached.state
+
+        async def start() -> str:
+            with dbos.SetWorkflowID("wf-async"):
+                return await async_attach("203.0.113.24")
+
+        dbos.DBOS.launch()
+        assert asyncio.run(start()) == "attached"
+        steps = [(s["function_id"], s["function_name"]) for s in dbos.DBOS.list_workflow_steps("wf-async")]
+        assert steps == [(1, "eipflow.create_eip"), (2, "eipflow.attach")]
+        (eip,) = flow.list_eips()
+        assert [r.op_id for r in flow.history(eip.uuid) if r.op_id] == ["dbos:wf-async/1", "dbos:wf-async/2"]
+        assert [(r.host_uuid, r.guest_ip) for r in backend.rules()] == [("h12", "10.0.0.12")]
 
 
 def test_outside_a_workflow_the_steps_are_plain_calls(sqlite_url: str) -> None:
