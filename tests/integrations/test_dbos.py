@@ -471,6 +471,33 @@ def test_failed_attach_is_checkpointed_as_attach_failed(dbos_sqlite: str, sqlite
         assert len(backend.calls_for(created.uuid, "apply")) == 1  # not retried: AttachFailed is not retryable
 
 
+def test_a_rerun_detach_step_waits_for_the_dead_lease_then_revokes_once(dbos_sqlite: str, sqlite_url: str) -> None:
+    """The detach step's first run recorded the intent and leased the revoke, then died: the re-run resumes it."""
+    from eipflow.integrations.dbos import EipflowSteps
+
+    backend = InMemoryDataplane()
+    with Eipflow.open(sqlite_url, backend, owner="dbos-unit") as flow:
+        eips = EipflowSteps(flow)
+        eip = flow.create_eip("203.0.113.25")
+        flow.attach(eip.uuid, nic="nic-4", guest_ip="10.0.0.13", vm="vm-13", host="h13")
+        # What the dead first run of step 1 of wf-d left: the intent under its operation id, the revoke leased.
+        row = flow.detach(eip.uuid, op_id="dbos:wf-d/1", wait=False)
+        assert row.state == "detaching" and row.work_id is not None
+        assert flow.store.claim(row.work_id, "dead-process", 0.3) is not None
+
+        @dbos.DBOS.workflow(name="detach_only")
+        def detach_only(uuid_: str) -> str:
+            return eips.detach(uuid_).state
+
+        dbos.DBOS.launch()
+        with dbos.SetWorkflowID("wf-d"):
+            assert detach_only(eip.uuid) == "detached"
+        assert [c.action for c in backend.calls_for(eip.uuid)] == ["apply", "revoke"]
+        assert [r.event for r in flow.history(eip.uuid)].count("detach") == 1
+        (revoke,) = [i for i in flow.work_items(eip_uuid=eip.uuid) if i.action == "revoke"]
+        assert (revoke.status, revoke.attempts) == ("done", 2)  # claimed by the dead run, then by the re-run
+
+
 def test_an_async_workflow_runs_the_steps_in_a_thread(dbos_sqlite: str, sqlite_url: str) -> None:
     """``await asyncio.to_thread(eips.attach, …)`` carries DBOS's context: the same steps and operation ids."""
     import asyncio
