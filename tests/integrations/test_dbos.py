@@ -442,6 +442,33 @@ def test_replayed_steps_do_the_work_once(dbos_sqlite: str, sqlite_url: str) -> N
             flow.detach(created.uuid, op_id="dbos:wf-a/1")
 
 
+def test_a_fork_from_the_attach_is_a_new_attach(dbos_sqlite: str, sqlite_url: str) -> None:
+    """A fork has a new workflow id, so its re-run attach is a new operation: refused, the EIP untouched."""
+    from eipflow.errors import IllegalTransition
+    from eipflow.integrations.dbos import EipflowSteps
+
+    backend = InMemoryDataplane()
+    with Eipflow.open(sqlite_url, backend, owner="dbos-unit") as flow:
+        eips = EipflowSteps(flow)
+
+        @dbos.DBOS.workflow(name="create_and_attach")
+        def create_and_attach(vip: str) -> str:
+            eip = eips.create_eip(vip)
+            return eips.attach(eip.uuid, nic="nic-5", guest_ip="10.0.0.14", vm="vm-14", host="h14").state
+
+        dbos.DBOS.launch()
+        with dbos.SetWorkflowID("wf-orig"):
+            assert create_and_attach("203.0.113.26") == "attached"
+        fork = dbos.DBOS.fork_workflow("wf-orig", 2)  # step 1 (the create) is copied, step 2 runs again
+        with pytest.raises(IllegalTransition) as info:
+            fork.get_result()
+        assert info.value.state == "attached"
+        (eip,) = flow.list_eips()
+        assert (eip.state, eip.version) == ("attached", 4)
+        assert [r.op_id for r in flow.history(eip.uuid) if r.op_id] == ["dbos:wf-orig/1", "dbos:wf-orig/2"]
+        assert len(backend.calls_for(eip.uuid, "apply")) == 1
+
+
 def test_failed_attach_is_checkpointed_as_attach_failed(dbos_sqlite: str, sqlite_url: str) -> None:
     """The apply fails: the step raises AttachFailed, DBOS checkpoints it, and its replay raises it again."""
     from eipflow.integrations.dbos import EipflowSteps
