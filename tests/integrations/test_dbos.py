@@ -221,7 +221,7 @@ def _only_eip(flow: Eipflow) -> str:
     return eip.uuid
 
 
-def _assert_recovered(app: App, out: dict[str, Any], *, first_pid: int | None) -> None:
+def _assert_recovered(app: App, out: dict[str, Any], *, applied_by: int) -> None:
     """The recovered workflow completed with one attach, one apply and one rule; nothing left to repair."""
     assert out["status"] == "SUCCESS", out
     assert [s["name"] for s in out["steps"]] == STEPS
@@ -229,8 +229,7 @@ def _assert_recovered(app: App, out: dict[str, Any], *, first_pid: int | None) -
     uuid_ = out["eip_uuid"]
     applies = [a for a in app.applies() if a["eip"] == uuid_]
     assert len(applies) == 1, applies  # exactly one apply reached the dataplane for this attach
-    if first_pid is not None:
-        assert applies[0]["pid"] == first_pid
+    assert applies[0]["pid"] == applied_by
     with app.flow() as flow:
         history = flow.history(uuid_)
         assert [r.event for r in history] == ["create", "attach", "proceed", "apply_ok"]
@@ -256,9 +255,10 @@ def test_killed_while_the_attach_apply_is_held(app: App, tmp_path: Path) -> None
     assert app.applies() == []  # the held apply never reached the dataplane
     assert app.workflow_status() == "PENDING"
 
-    rc, out = app.finish("second", app.start("second", "--recover"))
+    second = app.start("second", "--recover")
+    rc, out = app.finish("second", second)
     assert rc == 0, app.stderr("second")
-    _assert_recovered(app, out, first_pid=None)
+    _assert_recovered(app, out, applied_by=second.pid)  # the one apply is the recovering process's
     # DBOS replayed the checkpointed steps and re-ran the attach, which resumed the same operation.
     assert app.executed_steps("second") == ["eipflow.attach"]
     with app.flow() as flow:
@@ -276,7 +276,7 @@ def test_killed_after_the_attach_step_was_checkpointed(app: App) -> None:
 
     rc, out = app.finish("second", app.start("second", "--recover"))
     assert rc == 0, app.stderr("second")
-    _assert_recovered(app, out, first_pid=first.pid)
+    _assert_recovered(app, out, applied_by=first.pid)
     assert app.executed_steps("second") == []  # every eipflow step was replayed from its checkpoint
 
 
@@ -289,7 +289,7 @@ def test_killed_after_the_attach_before_its_checkpoint(app: App) -> None:
 
     rc, out = app.finish("second", app.start("second", "--recover"))
     assert rc == 0, app.stderr("second")
-    _assert_recovered(app, out, first_pid=first.pid)
+    _assert_recovered(app, out, applied_by=first.pid)
     # DBOS had no checkpoint for step 4, so it ran the step again: same operation id, recorded outcome.
     assert app.executed_steps("second") == ["eipflow.attach"]
 
@@ -334,7 +334,7 @@ def test_cancelled_during_the_attach_then_resumed(app: App, tmp_path: Path) -> N
         client.destroy()
     rc, out = app.finish("second", app.start("second", "--recover"))
     assert rc == 0, app.stderr("second")
-    _assert_recovered(app, out, first_pid=first.pid)
+    _assert_recovered(app, out, applied_by=first.pid)
     assert app.executed_steps("second") == ["eipflow.attach"]  # re-run, replayed by eipflow
 
 
