@@ -36,6 +36,8 @@ log = structlog.get_logger("eipflow.api")
 T = TypeVar("T")
 
 DEFAULT_LEASE_SECONDS = 60.0
+#: namespace of the uuids of EIPs created with an operation id (uuid5 of the id)
+_CREATE_NAMESPACE = uuidlib.UUID("5f0c2d7e-3b8a-4f6e-9a41-2c7d0e8b6a13")
 
 
 def _lease_from_env() -> float:
@@ -186,13 +188,19 @@ class Eipflow:
         """Allocate an EIP for public address ``vip``; it starts ``detached``."""
         vip = v.ip_address("vip", vip)
         name = v.name(name)
-        return self._once(
-            op_id,
-            {"op": "create", "vip": vip, "name": name},
-            lambda: self.store.create(str(uuidlib.uuid4()), vip, name, actor=self.runner.owner, op_id=op_id),
-            _eip_out,
-            _eip_in,
-        )
+        return self._once(op_id, {"op": "create", "vip": vip, "name": name},
+                          lambda: self._create(vip, name, op_id), _eip_out, _eip_in)
+
+    def _create(self, vip: str, name: str | None, op_id: str | None) -> Eip:
+        if op_id is None:
+            return self.store.create(str(uuidlib.uuid4()), vip, name, actor=self.runner.owner, op_id=None)
+        # The uuid follows from the operation id: a retried create whose first caller died after
+        # creating the row (before recording the outcome) finds that row instead of allocating another.
+        uuid = str(uuidlib.uuid5(_CREATE_NAMESPACE, v.opaque_id("op_id", op_id)))
+        existing = self.store.get(uuid)
+        if existing is not None:
+            return existing
+        return self.store.create(uuid, vip, name, actor=self.runner.owner, op_id=op_id)
 
     def get_eip(self, uuid: str) -> Eip:
         """The EIP's current row. Raises :class:`~eipflow.EipNotFound` (also for a deleted EIP)."""

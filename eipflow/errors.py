@@ -31,6 +31,7 @@ says what is wrong and what to do. Bad input is rejected before anything changes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "AttachFailed",
@@ -62,6 +63,19 @@ class EipflowError(Exception):
 
     #: whether repeating the same call later may succeed
     retryable: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take their context as __init__ arguments but hand Exception only the message,
+        # so the default pickling (cls(*args)) cannot rebuild them. Rebuild from the message and the
+        # attributes instead: durable-execution engines and task queues checkpoint errors by pickling.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[EipflowError], args: tuple[Any, ...], state: dict[str, Any]) -> EipflowError:
+    exc = cls.__new__(cls, *args)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
 
 
 class NotFound(EipflowError, LookupError):

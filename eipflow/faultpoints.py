@@ -13,6 +13,8 @@ Points:
 - ``after_apply`` / ``after_revoke``: the backend call succeeded; its completion is not recorded.
 - ``before_complete``: a completion transition is planned but not committed
   (``before_complete:apply_ok``, ``before_complete:revoke_ok``, ``before_complete:proceed``… for one).
+- ``dbos_step_done`` / ``dbos_step_checkpointed`` (:mod:`eipflow.integrations.dbos`): a DBOS step's eipflow
+  operation completed, before / after DBOS checkpointed the step (``dbos_step_done:attach``…).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from typing import Final
 __all__ = ["CRASH_ENV", "POINTS", "crash_point"]
 
 CRASH_ENV: Final = "EIPFLOW_CRASH_AT"
-POINTS: Final = ("after_claim", "before_apply", "after_apply", "before_revoke", "after_revoke", "before_complete")
+POINTS: Final = (
+    "after_claim", "before_apply", "after_apply", "before_revoke", "after_revoke", "before_complete",
+    "dbos_step_done", "dbos_step_checkpointed",
+)
 
 
 def crash_point(name: str, qualifier: str | None = None) -> None:

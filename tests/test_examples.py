@@ -65,6 +65,26 @@ def test_taskflow_boot_vm_happy_path(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "EIP now: attached; dataplane: ['compute-1: 203.0.113.10 -> 10.0.0.5']" in capsys.readouterr().out
 
 
+def test_dbos_boot_vm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DNS fails once and DBOS retries it; the workflow's steps and the EIP's history show one attach."""
+    pytest.importorskip("dbos", reason="the DBOS example needs DBOS Transact: pip install 'eipflow[dbos]'")
+    from tests.integrations.test_dbos import forget_dbos_console_handler
+
+    example = load("dbos_boot_vm")
+    forget_dbos_console_handler()
+    try:
+        assert example.main(["--db", f"sqlite:///{tmp_path / 'dbos.db'}", "--workflow-id", "boot-7"]) == 0
+    finally:
+        forget_dbos_console_handler()  # DBOS bound it to this test's captured stderr
+    out = capsys.readouterr().out
+    assert "workflow boot-7: SUCCESS" in out
+    assert "step 4 eipflow.attach: EIP attached" in out
+    assert '"attempts": 2' in out  # the DNS step failed once and was retried by DBOS
+    assert "detached --attach--> binding   [op dbos:boot-7/4]" in out
+    assert "EIP now: attached; dataplane: ['compute-1: 203.0.113.10 -> 10.0.0.5']" in out
+    assert "invariants: ok" in out
+
+
 @pytest.mark.slow
 def test_celery_app(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Celery recipe: start a worker on examples/celery_app.py, submit an attach with main()."""

@@ -4,7 +4,9 @@ Each submodule imports its orchestrator (an optional dependency) when it is impo
 core never imports this package:
 
 - :mod:`eipflow.integrations.taskflow` — OpenStack TaskFlow tasks (``pip install 'eipflow[taskflow]'``);
-- :mod:`eipflow.integrations.celery` — Celery tasks with late acks (``pip install 'eipflow[celery]'``).
+- :mod:`eipflow.integrations.celery` — Celery tasks with late acks (``pip install 'eipflow[celery]'``);
+- :mod:`eipflow.integrations.dbos` — DBOS Transact steps, recovered after a crash with one effect
+  (``pip install 'eipflow[dbos]'``).
 
 The asyncio face is part of the core: :class:`eipflow.AsyncEipflow`.
 """
