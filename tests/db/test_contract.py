@@ -181,3 +181,31 @@ def test_claim_is_exclusive(ctx: Ctx) -> None:
     assert ctx.store.set_work_status(work_id, item.lease_owner, "done") is False
     assert again.lease_owner is not None
     assert ctx.store.set_work_status(work_id, again.lease_owner, "done") is True
+
+
+def test_leases_are_judged_on_the_databases_clock_for_every_process(ctx: Ctx) -> None:
+    """A second store (another process) whose own clock is a day ahead cannot take a live lease; moving the
+    shared lease clock expires it for everyone; a renewal is measured from the shared clock too."""
+    from datetime import UTC, datetime, timedelta
+
+    eip = ctx.store.create("00000000-0000-4000-8000-000000000005", "203.0.113.5", None, actor="t", op_id=None)
+    work_id = ctx.store.add_work(eip.uuid, NewWork("revoke", eip.vip, "nic-1", "10.0.0.1", "host-1", cleanup=True,
+                                                   generation=2))
+    ahead = Store(ctx.store.engine, ManualClock(datetime.now(UTC) + timedelta(days=1)))
+    held = ctx.store.claim(work_id, "holder", 30)
+    assert held is not None and held.spec is not None and held.spec.generation == 2
+    shared = ctx.store.lease_clock
+    assert held.lease_expires_at is not None
+    assert timedelta(seconds=29) < held.lease_expires_at - shared.now() <= timedelta(seconds=30)
+    assert ahead.claim(work_id, "thief", 30) is None  # its own clock says the lease is long over: irrelevant
+    assert ahead.due_work(ahead.clock.now()) == []
+
+    shared.advance(31)
+    assert shared.skew() == pytest.approx(31)
+    assert ahead.due_work(ahead.clock.now()) == [work_id]
+    assert ctx.store.extend_lease(work_id, "holder", 30)  # the holder was only paused: it renews first
+    assert ahead.claim(work_id, "thief", 30) is None
+    shared.advance(31)
+    taken = ahead.claim(work_id, "thief", 30)
+    assert taken is not None and (taken.lease_owner, taken.attempts) == ("thief", 2)
+    assert not ctx.store.extend_lease(work_id, "holder", 30)  # the old holder's renewal now fails
