@@ -42,7 +42,8 @@ def test_async_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert summary["violations"] == []
     assert rc == 0
     outcomes = summary["outcomes"]
-    assert outcomes["attach_ok"] + outcomes.get("attach_failed", 0) == 25
+    # A detach racing with an attach may win (the attach then reports it was superseded): a legal outcome.
+    assert outcomes["attach_ok"] + outcomes.get("attach_failed", 0) + outcomes.get("attach_superseded", 0) == 25
     assert outcomes.get("attach_failed", 0) >= 1  # every fifth apply is made to fail
     assert sum(summary["states"].values()) == 25
     assert summary["rules"] == summary["states"].get("attached", 0)

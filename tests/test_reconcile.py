@@ -153,7 +153,7 @@ def test_rows_that_move_during_the_scan_are_left_for_the_next_pass(flow: Eipflow
 def test_expired_lease_is_redriven_only_after_expiry(db_url: str) -> None:
     """Reconcile timing: an in-flight row leased by a dead worker is left alone until its lease expires."""
     backend = InMemoryDataplane()
-    with freeze_time("2026-04-01 08:00:00", tick=False) as frozen, \
+    with freeze_time("2026-04-01 08:00:00", tick=False), \
             Eipflow.open(db_url, backend, owner="api", lease_seconds=20) as flow:
         eip = flow.create_eip(VIP)
         flow.attach(eip.uuid, nic="nic-1", guest_ip="10.2.0.1", vm="vm-1", host="h1", wait=False)

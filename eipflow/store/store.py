@@ -697,9 +697,11 @@ class Operations:
     @retry_transient
     def finish(self, op_id: str, status: str, result: str) -> None:
         with translate_errors(self.store.engine), self.store.engine.begin() as conn:
+            # Only a running operation is finished: an outcome already recorded (by a caller that took
+            # the operation over) is never overwritten.
             conn.execute(
                 OPERATION.update()
-                .where(OPERATION.c.op_id == op_id)
+                .where(OPERATION.c.op_id == op_id, OPERATION.c.status == "running")
                 .values(status=status, result=result, updated_at=self.store.clock.now())
             )
 

@@ -158,7 +158,8 @@ def test_http_backend_raises_stale_generation_on_409() -> None:
 
     with backend_over(httpx.MockTransport(handler)) as backend, pytest.raises(StaleGeneration) as info:
         backend.apply(spec())
-    assert (info.value.current, info.value.requested, info.value.retryable, info.value.host_uuid) == (12, 1, False, HOST)
+    err = info.value
+    assert (err.current, err.requested, err.retryable, err.host_uuid) == (12, 1, False, HOST)
 
 
 def test_backend_failures_map_to_502_and_504(client: httpx.Client, dataplane: InMemoryDataplane) -> None:

@@ -7,11 +7,12 @@ import eipflow
 EXPECTED = {
     "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend", "BackendError", "BackendTimeout", "Clock",
     "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
-    "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "HostRecord", "IllegalTransition", "InMemoryDataplane",
+    "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "HostRecord", "IllegalTransition",
+    "InMemoryDataplane",
     "InvalidAddress", "InvalidBackendSpec", "InvalidIdentifier", "InvalidInput", "ListsRules", "ManualClock",
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
-    "StaleGeneration", "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm", "WorkItem",
-    "WorkItemNotFound", "Worker", "__version__", "connect", "load_backend",
+    "StaleGeneration", "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm",
+    "WorkItem", "WorkItemNotFound", "Worker", "__version__", "connect", "load_backend",
 }
 
 
