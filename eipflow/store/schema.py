@@ -166,8 +166,8 @@ class SimRuleRow(SQLModel, table=True):
     vm_nic_uuid: str = Field(max_length=ID)
     guest_ip: str = Field(max_length=IP)
     applied_at: datetime = _ts(nullable=False)
-    generation: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
-    revoked: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    generation: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    revoked: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
 
 
 class ClockRow(SQLModel, table=True):

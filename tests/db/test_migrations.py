@@ -157,3 +157,30 @@ def test_migration_files_ship_in_the_package() -> None:
     assert (root / "env.py").is_file()
     assert (root / "script.py.mako").is_file()
     assert any(p.name.startswith(migrations.HEAD) for p in (root / "versions").glob("*.py"))
+
+
+def test_0002_upgrades_a_0001_database_with_rows_in_place(db_url: str) -> None:
+    """Rows written before fencing keep working: old rules get generation 0 (older than anything new, so the
+    first fenced call wins), old work items carry no generation (sent as 0), and the lease clock starts at 0."""
+    from eipflow.backends.simulated import SimulatedDataplane
+    from eipflow.values import EipSpec
+
+    engine = create_db_engine(db_url)
+    try:
+        assert upgrade_schema(engine, "0001") == (None, "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO sim_rule (host_uuid, eip_uuid, vip, vm_nic_uuid, guest_ip, applied_at) "
+                "VALUES ('h1', '00000000-0000-4000-8000-000000000009', '203.0.113.9', 'nic-1', '10.0.0.9', "
+                "'2026-11-01 00:00:00')"))
+        assert upgrade_schema(engine) == ("0001", migrations.HEAD)
+        plane = SimulatedDataplane(engine)
+        [old] = plane.rules()
+        assert (old.generation, old.guest_ip) == (0, "10.0.0.9")
+        plane.apply(EipSpec(old.eip_uuid, old.vip, "nic-2", "10.0.0.8", "h1", 4))  # the first fenced call wins
+        assert [(r.guest_ip, r.generation) for r in plane.rules()] == [("10.0.0.8", 4)]
+        from eipflow.store import Store
+
+        assert Store(engine).lease_clock.skew() == 0
+    finally:
+        engine.dispose()

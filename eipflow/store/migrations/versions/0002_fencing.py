@@ -31,8 +31,13 @@ def upgrade() -> None:
     with op.batch_alter_table("eip_work") as batch:
         batch.add_column(sa.Column("generation", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("sim_rule") as batch:
+        # Defaults only to fill existing rows (generation 0: older than anything new; not revoked); the
+        # writers always set both, so the defaults go again and the schema matches the models exactly.
         batch.add_column(sa.Column("generation", sa.BigInteger(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("revoked", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("sim_rule") as batch:
+        batch.alter_column("generation", server_default=None, existing_type=sa.BigInteger(), existing_nullable=False)
+        batch.alter_column("revoked", server_default=None, existing_type=sa.Boolean(), existing_nullable=False)
     op.create_table(
         "eip_clock",
         sa.Column("id", sa.Integer(), nullable=False, autoincrement=False),
