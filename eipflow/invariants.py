@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .backends.base import ListsRules
-from .machine import IN_FLIGHT
+from .machine import BOUND, IN_FLIGHT
 from .store import Store
 from .table import edges
 from .values import Eip, EipSpec, TransitionRecord
@@ -20,7 +20,6 @@ from .values import Eip, EipSpec, TransitionRecord
 __all__ = ["Violation", "check", "check_history"]
 
 _LEGAL = {(e.source, e.event, e.target) for e in edges()}
-_BOUND_STATES = {"binding", "applying", "attached", "rolling_back", "releasing", "released", "detaching"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +81,7 @@ def check(store: Store, backend: object | None = None, *, quiescent: bool = True
         bound = e.vm_nic_uuid is not None and e.guest_ip is not None
         if e.state == "detached" and (bound or e.applied_host is not None):
             out.append(Violation("binding.detached", e.uuid, f"detached but bound to {e.vm_nic_uuid}/{e.guest_ip}"))
-        if e.state in _BOUND_STATES and not bound:
+        if e.state in BOUND and not bound:
             out.append(Violation("binding.missing", e.uuid, f"{e.state} without a binding"))
         if e.state == "released" and e.applied_host is not None:
             out.append(Violation("binding.released", e.uuid, f"released but applied_host={e.applied_host}"))

@@ -15,14 +15,20 @@ the next state from the recorded intent — fenced completion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
 
 from statemachine import State, StateMachine
+from statemachine.transition_list import TransitionList
 
 __all__ = [
     "ACTIONS",
+    "BOUND",
     "COMPLETION_EVENTS",
+    "CONTINUES",
+    "EFFECTS",
     "DESIRED_VALUES",
     "EipMachine",
     "Facts",
@@ -30,6 +36,7 @@ __all__ = [
     "INTENT_EVENTS",
     "STABLE",
     "STATE_DESCRIPTIONS",
+    "StateEffects",
     "work_for",
 ]
 
@@ -58,6 +65,14 @@ class Facts:
     attach_confirmed: bool = False
 
 
+def _records_intent(*states: State) -> TransitionList:
+    """Self-transitions that only record an intent on the row while backend work is in flight."""
+    loops: TransitionList = states[0].to.itself()
+    for state in states[1:]:
+        loops = loops | state.to.itself()
+    return loops
+
+
 class EipMachine(StateMachine):
     """Lifecycle of one Elastic IP.
 
@@ -82,50 +97,30 @@ class EipMachine(StateMachine):
     detach = (
         attached.to(detaching)
         | released.to(detached)
-        | binding.to.itself()
-        | applying.to.itself()
-        | releasing.to.itself()
-        | detaching.to.itself()
-        | rolling_back.to.itself()
+        | _records_intent(binding, applying, releasing, detaching, rolling_back)
     )
     delete = (
         detached.to(deleted)
         | released.to(deleted)
         | attached.to(detaching)
-        | binding.to.itself()
-        | applying.to.itself()
-        | releasing.to.itself()
-        | detaching.to.itself()
-        | rolling_back.to.itself()
+        | _records_intent(binding, applying, releasing, detaching, rolling_back)
     )
     vm_stopped = (
         attached.to(releasing)
         | released.to.itself()
-        | binding.to.itself()
-        | applying.to.itself()
-        | releasing.to.itself()
-        | detaching.to.itself()
-        | rolling_back.to.itself()
+        | _records_intent(binding, applying, releasing, detaching, rolling_back)
     )
     vm_started = (
         released.to(applying)
         | attached.to.itself(cond="on_applied_host")
         | attached.to(releasing)
-        | binding.to.itself()
-        | applying.to.itself()
-        | releasing.to.itself()
-        | detaching.to.itself()
-        | rolling_back.to.itself()
+        | _records_intent(binding, applying, releasing, detaching, rolling_back)
     )
     vm_migrated = (
         attached.to.itself(cond="on_applied_host")
         | attached.to(releasing)
         | released.to.itself()
-        | binding.to.itself()
-        | applying.to.itself()
-        | releasing.to.itself()
-        | detaching.to.itself()
-        | rolling_back.to.itself()
+        | _records_intent(binding, applying, releasing, detaching, rolling_back)
     )
 
     # -- repairs: what the reconciler observed on the dataplane ---------------------------
@@ -201,21 +196,66 @@ STATE_DESCRIPTIONS: Final[dict[str, str]] = {
     "deleted": "final: the row is gone, its history kept",
 }
 
-#: Backend work each in-flight state owns. ``binding`` owns the attach's apply
-#: item: claiming it is what moves the row on (``proceed``).
-ACTIONS: Final[dict[str, str]] = {
-    "binding": "apply",
-    "applying": "apply",
-    "releasing": "revoke",
-    "detaching": "revoke",
-    "rolling_back": "revoke",
-}
-IN_FLIGHT: Final = frozenset(ACTIONS)
-STABLE: Final = frozenset({"detached", "attached", "released"})
+@dataclass(frozen=True, slots=True)
+class StateEffects:
+    """What *entering* a state does to the row and its work — declared once, here, for every state.
 
-INTENT_EVENTS: Final = ("attach", "detach", "delete", "vm_stopped", "vm_started", "vm_migrated", "drift_detected",
-                          "stray_detected")
+    The runner plans each transition from it (:meth:`eipflow.runner.Runner._plan`), the diagrams derive
+    their "work enqueued" column from it, and the invariants derive which states hold a binding.
+
+    Attributes:
+        work: the backend action of the one work item an in-flight state owns (``apply``/``revoke``);
+            ``None`` for stable states (entering one finishes the item and clears ``work_id``).
+        work_host: where that work runs: ``"placed"`` (the host the VM runs on), ``"applied"`` (the host
+            that holds the rule, ``applied_host``) or ``None`` (not fixed yet: ``binding`` fixes it when it
+            proceeds).
+        bound: the row holds a binding (NIC, guest IP) in this state.
+        records_applied_host: entering records the VM's host as ``applied_host`` *before* the apply runs.
+        sets: row fields entering the state sets (``None`` clears them).
+    """
+
+    work: str | None = None
+    work_host: str | None = None
+    bound: bool = False
+    records_applied_host: bool = False
+    sets: Mapping[str, Any] = field(default_factory=dict)
+
+
+_UNBIND: Final = MappingProxyType({
+    "vm_nic_uuid": None, "guest_ip": None, "vm_uuid": None, "host_uuid": None, "applied_host": None,
+    "desired": "detached", "attach_confirmed": False,
+})
+
+#: The effects of entering each state. One entry per state (a test checks the machine has no other).
+EFFECTS: Final[Mapping[str, StateEffects]] = MappingProxyType({
+    "detached": StateEffects(sets=_UNBIND),
+    "binding": StateEffects(work="apply", bound=True),
+    "applying": StateEffects(work="apply", work_host="placed", bound=True, records_applied_host=True),
+    "attached": StateEffects(bound=True, sets=MappingProxyType({"attach_confirmed": True, "last_error": None})),
+    "rolling_back": StateEffects(work="revoke", work_host="applied", bound=True),
+    "releasing": StateEffects(work="revoke", work_host="applied", bound=True),
+    "released": StateEffects(bound=True, sets=MappingProxyType(
+        {"applied_host": None, "attach_confirmed": True, "last_error": None})),
+    "detaching": StateEffects(work="revoke", work_host="applied", bound=True),
+    "deleted": StateEffects(),
+})
+
+#: ``(source, target)`` pairs whose work item goes on instead of a new one being enqueued: the attach's
+#: apply item, created in ``binding`` without a host, gets its host (and generation) when it proceeds.
+CONTINUES: Final = frozenset({("binding", "applying")})
+
+#: Backend work each in-flight state owns (derived from :data:`EFFECTS`).
+ACTIONS: Final[Mapping[str, str]] = MappingProxyType({s: e.work for s, e in EFFECTS.items() if e.work})
+IN_FLIGHT: Final = frozenset(ACTIONS)
+STABLE: Final = frozenset(s for s in EFFECTS if s not in ACTIONS and s != "deleted")
+#: States in which the row holds a binding (derived from :data:`EFFECTS`).
+BOUND: Final = frozenset(s for s, e in EFFECTS.items() if e.bound)
+
 COMPLETION_EVENTS: Final = ("proceed", "apply_ok", "apply_failed", "revoke_ok", "revoke_failed")
+#: Every other event is an intent: what callers (and the reconciler) ask for.
+INTENT_EVENTS: Final = tuple(
+    e.id for e in EipMachine.events if e.id not in COMPLETION_EVENTS  # type: ignore[attr-defined]  # class-level list
+)
 
 
 def work_for(state: str) -> str | None:

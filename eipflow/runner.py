@@ -30,7 +30,7 @@ from .backends.base import Backend
 from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, StaleGeneration, VersionConflict
 from .faultpoints import crash_point
 from .heartbeat import Heartbeat
-from .machine import Facts
+from .machine import CONTINUES, EFFECTS, Facts
 from .store import LeaseLost, NewWork, PlannedTransition, Store
 from .table import resolve
 from .values import Eip, EipSpec, Vm, WorkItem
@@ -145,7 +145,7 @@ class Runner:
         update: tuple[int, str, Mapping[str, Any]] | None = None
         predicates: dict[str, Any] = {}
 
-        continues = eip.state == "binding" and target == "applying"  # the attach's item goes on
+        continues = (eip.state, target) in CONTINUES  # the attach's item goes on
         # The fencing token of work this transition creates (or fixes): the version it writes. Versions
         # only grow for an EIP, so every later binding or host decision carries a higher generation.
         generation = eip.version + 1
@@ -153,38 +153,26 @@ class Runner:
             if item is not None and retry_update is not None:
                 update = (item.id, self.owner, retry_update)
         else:
+            # What entering ``target`` does is declared once, in machine.EFFECTS; this only applies it.
+            effects = EFFECTS[target]
             if item is not None and not continues:
                 finish = (item.id, self.owner)
-            if target == "detached":
-                changes.update(
-                    vm_nic_uuid=None, guest_ip=None, vm_uuid=None, host_uuid=None, applied_host=None,
-                    desired="detached", attach_confirmed=False, work_id=None,
-                )
-                if eip.state == "rolling_back" and item is not None and item.spec is not None:
-                    # The conditional rollback: clear the binding only if it is still the one we applied.
-                    predicates = {"vm_nic_uuid": item.spec.vm_nic_uuid, "guest_ip": item.spec.guest_ip}
-            elif target == "binding":
-                new_work = NewWork("apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], None)
-            elif target == "applying":
+            changes.update(effects.sets)
+            if effects.work is None and target != "deleted":
+                changes["work_id"] = None
+            if target == "detached" and eip.state == "rolling_back" and item is not None and item.spec is not None:
+                # The conditional rollback: clear the binding only if it is still the one we applied.
+                predicates = {"vm_nic_uuid": item.spec.vm_nic_uuid, "guest_ip": item.spec.guest_ip}
+            if effects.records_applied_host:
                 changes["applied_host"] = merged["host_uuid"]
+            if effects.work is not None:
+                host = {"placed": merged["host_uuid"], "applied": merged["applied_host"]}.get(effects.work_host or "")
+                assert host is not None or effects.work_host is None, f"{eip.uuid}: {target} needs a host"
                 if continues and item is not None:
-                    update = (item.id, self.owner, {"host_uuid": merged["host_uuid"], "generation": generation})
+                    update = (item.id, self.owner, {"host_uuid": host, "generation": generation})
                 else:
-                    new_work = NewWork(
-                        "apply", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], merged["host_uuid"],
-                        generation=generation,
-                    )
-            elif target == "attached":
-                changes.update(attach_confirmed=True, last_error=None, work_id=None)
-            elif target == "released":
-                changes.update(applied_host=None, attach_confirmed=True, work_id=None, last_error=None)
-            elif target in ("releasing", "detaching", "rolling_back"):
-                host = merged["applied_host"]
-                assert host is not None, f"{eip.uuid}: {target} needs the host that holds the rule"
-                new_work = NewWork("revoke", merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host,
-                                   generation=generation)
-            elif target in ("deleted",):
-                pass
+                    new_work = NewWork(effects.work, merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host,
+                                       generation=generation if host is not None else None)
         return PlannedTransition(
             eip=eip,
             event=event,

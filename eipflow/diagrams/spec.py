@@ -205,22 +205,16 @@ class MachineSpec:
 
 
 def work_enqueued(source: str, target: str) -> str:
-    """The backend work a ``source → target`` transition enqueues, derived from :data:`machine.ACTIONS`.
+    """The backend work a ``source → target`` transition enqueues, from :data:`machine.EFFECTS`.
 
-    Entering an in-flight state whose action differs from the source's (or entering ``applying``
-    from ``released``/``releasing``) enqueues that action; ``binding → applying`` continues the
-    attach's own apply item, which ``binding`` already owns. Self-transitions only record a fact.
+    Entering an in-flight state enqueues the work it owns, except where the source's item goes on
+    (:data:`machine.CONTINUES`: ``binding → applying`` continues the attach's apply). Self-transitions
+    only record a fact.
     """
-    if source == target:
+    action = machine.EFFECTS[target].work
+    if source == target or action is None:
         return ""
-    action = machine.work_for(target)
-    if action is None:
-        return ""
-    if source == "binding" and target == "applying":
-        return f"continue {action}"
-    if action != machine.work_for(source) or (target == "applying" and source in ("released", "releasing")):
-        return f"enqueue {action}"
-    return ""
+    return f"continue {action}" if (source, target) in machine.CONTINUES else f"enqueue {action}"
 
 
 def _kind(state_id: str, final: bool) -> str:
