@@ -9,6 +9,7 @@ from .api import DEFAULT_LEASE_SECONDS, Eipflow, connect
 from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, SimulatedDataplane, load_backend
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
+    AddressInUse,
     AttachFailed,
     AttachSuperseded,
     BackendError,
@@ -38,6 +39,7 @@ from .worker import Worker
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "AddressInUse",
     "AsyncEipflow",
     "AttachFailed",
     "AttachSuperseded",

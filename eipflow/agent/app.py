@@ -95,7 +95,7 @@ def create_app(
         # compare_digest on bytes: time does not depend on where the first wrong byte is
         return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
 
-    async def read_spec(request: Request) -> EipSpec:
+    async def read_spec(request: Request, *, creating: bool) -> EipSpec:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
@@ -114,14 +114,18 @@ def create_app(
         extra = sorted(set(data) - set(_FIELDS))
         if missing or extra:
             raise _Refused(422, "body must have exactly the spec fields", missing=missing, unexpected=extra)
+        # Apply creates: the full address rules. Revoke removes: syntax only, so an old rule still goes.
+        address = v.ip_address if creating else v.canonical_address
         try:
             spec = EipSpec(
                 v.eip_uuid(data["eip_uuid"], "eip_uuid"),
-                v.ip_address("vip", data["vip"]),
+                address("vip", data["vip"]),
                 v.opaque_id("vm_nic_uuid", data["vm_nic_uuid"]),
-                v.ip_address("guest_ip", data["guest_ip"]),
+                address("guest_ip", data["guest_ip"]),
                 v.opaque_id("host_uuid", data["host_uuid"]),
             )
+            if creating:
+                v.address_pair(spec.vip, spec.guest_ip)
         except InvalidInput as exc:
             raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
         if spec.host_uuid != host_uuid:
@@ -155,14 +159,14 @@ def create_app(
         return handle
 
     async def apply(request: Request) -> Response:
-        spec = await read_spec(request)
+        spec = await read_spec(request, creating=True)
         await run_in_threadpool(backend.apply, spec)
         if hold is not None:
             await run_in_threadpool(_hold, hold)
         return JSONResponse({"ok": True, "action": "apply", "eip_uuid": spec.eip_uuid})
 
     async def revoke(request: Request) -> Response:
-        spec = await read_spec(request)
+        spec = await read_spec(request, creating=False)
         await run_in_threadpool(backend.revoke, spec)
         return JSONResponse({"ok": True, "action": "revoke", "eip_uuid": spec.eip_uuid})
 

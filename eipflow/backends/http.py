@@ -29,6 +29,7 @@ import httpcore
 import httpx
 import structlog
 
+from .. import validation as v
 from ..agent.config import HostConfig, load_hosts
 from ..errors import BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
@@ -87,8 +88,7 @@ class HttpAgentBackend:
         out: list[EipSpec] = []
         for host in hosts:
             response = self._request(host, "GET", "/v1/rules", None, "rules")
-            for item in response.json().get("rules", []):
-                out.append(EipSpec(**{f.name: str(item[f.name]) for f in fields(EipSpec)}))
+            out.extend(_specs(host, response))
         return out
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -216,6 +216,20 @@ class _UnixTransport(httpx.HTTPTransport):
     def __init__(self, path: str) -> None:
         super().__init__(uds=path)
         self._pool = httpcore.ConnectionPool(uds=path, network_backend=_UnixBackend())
+
+
+def _specs(host: str, response: httpx.Response) -> list[EipSpec]:
+    """The rules an agent listed, addresses in canonical form (so they compare equal to the rows')."""
+    try:
+        specs = []
+        for item in response.json().get("rules", []):
+            data = {f.name: str(item[f.name]) for f in fields(EipSpec)}
+            data["vip"] = v.canonical_address("vip", data["vip"])
+            data["guest_ip"] = v.canonical_address("guest_ip", data["guest_ip"])
+            specs.append(EipSpec(**data))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # InvalidAddress is a ValueError
+        raise BackendError(f"rules: the agent of host {host} sent an unreadable rule list ({exc})") from exc
+    return specs
 
 
 def _message(response: httpx.Response) -> str:

@@ -132,8 +132,12 @@ class NftablesBackend:
 
     # -- the Backend protocol ------------------------------------------------------------------
     def apply(self, spec: EipSpec) -> None:
-        """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction."""
-        spec = self._check(spec)
+        """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction.
+
+        If a step after the nft transaction fails (the VIP's address), the transaction's rules are
+        taken back before the error is raised.
+        """
+        spec = self._check(spec, creating=True)
         started = time.perf_counter()
         with self._lock:
             owned = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid]
@@ -142,17 +146,40 @@ class NftablesBackend:
             commands += self._add_rules(spec)
             self._nft_apply(commands)
             if self.announce == "address":
-                stale = {r.vip for r in owned if r.vip and r.vip != spec.vip}
-                for vip in stale:
-                    self._address(vip, present=False)
-                self._address(spec.vip, present=True)
+                try:
+                    stale = {r.vip for r in owned if r.vip and r.vip != spec.vip}
+                    for vip in stale:
+                        self._address(vip, present=False)
+                    self._address(spec.vip, present=True)
+                except BackendError:
+                    self._undo(spec)
+                    raise
         log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
                  guest_ip=spec.guest_ip, replaced=len(owned),
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
+    def _undo(self, spec: EipSpec) -> None:
+        """After a failed second step, take back the rules the apply's transaction just committed.
+
+        The caller then sees a failed apply with nothing of it left behind. Best effort: if even
+        this fails, the rules carry the spec's canonical addresses, so the runner's revoke matches them.
+        """
+        try:
+            mine = _ours(self._owned(), spec)
+            if mine:
+                self._nft_apply([self._delete(r) for r in mine])
+        except BackendError as exc:
+            log.warning("nft.undo_failed", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, error=str(exc))
+            return
+        log.warning("nft.apply_undone", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(mine))
+
     def revoke(self, spec: EipSpec) -> None:
-        """Remove the caller's own rules for ``spec`` (same guest IP and NIC); absent rules are fine."""
-        spec = self._check(spec)
+        """Remove the caller's own rules for ``spec`` (same guest IP and NIC); absent rules are fine.
+
+        Addresses are only checked for syntax (and a zone ID dropped, as nft did), so a rule written
+        before the address-class rules existed can still be removed.
+        """
+        spec = self._check(spec, creating=False)
         started = time.perf_counter()
         with self._lock:
             rules = self._owned()
@@ -176,13 +203,16 @@ class NftablesBackend:
         return specs_from_rules(owned, self.host_uuid)
 
     # -- building the transaction -------------------------------------------------------------
-    def _check(self, spec: EipSpec) -> EipSpec:
+    def _check(self, spec: EipSpec, *, creating: bool) -> EipSpec:
+        address = v.ip_address if creating else v.canonical_address
         try:
             eip = v.eip_uuid(spec.eip_uuid)
-            vip = v.ip_address("vip", spec.vip)
-            guest = v.ip_address("guest_ip", spec.guest_ip)
+            vip = address("vip", spec.vip)
+            guest = address("guest_ip", spec.guest_ip)
             nic = v.opaque_id("vm_nic_uuid", spec.vm_nic_uuid)
             host = v.opaque_id("host_uuid", spec.host_uuid)
+            if creating:
+                v.address_pair(vip, guest)
         except InvalidInput as exc:
             raise BackendError(f"refusing an invalid spec: {exc}", retryable=False) from exc
         if host != self.host_uuid:
