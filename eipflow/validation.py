@@ -136,6 +136,15 @@ def opaque_id(field: str, value: object) -> str:
     return value
 
 
+_CONTROL_NAMES = {0x00: "NUL", 0x09: "TAB", 0x0A: "LINE FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE",
+                  0x7F: "DELETE"}
+
+
+def _char_name(char: str) -> str:
+    known = _CONTROL_NAMES.get(ord(char))
+    return known if known is not None else unicodedata.name(char, "a control character")
+
+
 def _unsafe(char: str) -> bool:
     return unicodedata.category(char) in _UNSAFE_CATEGORIES
 
@@ -156,8 +165,8 @@ def name(value: object) -> str | None:
     bad = next((c for c in value if _unsafe(c)), None)
     if bad is not None:
         raise InvalidIdentifier(
-            "name", value, f"contains {unicodedata.name(bad, f'U+{ord(bad):04X}')} (U+{ord(bad):04X}); "
-                           "control and format characters are not allowed"
+            "name", value, f"contains {_char_name(bad)} (U+{ord(bad):04X}); control and format characters are "
+                           "not allowed"
         )
     return value
 

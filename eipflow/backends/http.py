@@ -83,12 +83,28 @@ class HttpAgentBackend:
         self._call("revoke", spec)
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
-        """What the agents report as realized (every configured host, or one)."""
-        hosts = [host_uuid] if host_uuid is not None else sorted(self.hosts)
+        """What the agents report as realized (every configured host, or one).
+
+        Raises:
+            BackendError: an agent could not be asked (the first one; see :meth:`rules_by_host`).
+        """
         out: list[EipSpec] = []
+        for got in self.rules_by_host(host_uuid).values():
+            if isinstance(got, BackendError):
+                raise got
+            out.extend(got)
+        return out
+
+    def rules_by_host(self, host_uuid: str | None = None) -> dict[str, list[EipSpec] | BackendError]:
+        """Each host's rules, or the error that kept its agent from answering: one dead agent hides no other."""
+        hosts = [host_uuid] if host_uuid is not None else sorted(self.hosts)
+        out: dict[str, list[EipSpec] | BackendError] = {}
         for host in hosts:
-            response = self._request(host, "GET", "/v1/rules", None, "rules")
-            out.extend(_specs(host, response))
+            try:
+                out[host] = _specs(host, self._request(host, "GET", "/v1/rules", None, "rules"))
+            except BackendError as exc:
+                log.warning("agent.unreachable", host_uuid=host, error=str(exc))
+                out[host] = exc
         return out
 
     # -- HTTP ----------------------------------------------------------------------------------
