@@ -10,6 +10,7 @@ from .backends import Backend, Faults, Gate, InMemoryDataplane, ListsRules, Simu
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     AddressInUse,
+    AddressNotAllowed,
     AttachFailed,
     AttachSuperseded,
     BackendError,
@@ -40,6 +41,7 @@ from .worker import Worker
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "AddressInUse",
+    "AddressNotAllowed",
     "AsyncEipflow",
     "AttachFailed",
     "AttachSuperseded",

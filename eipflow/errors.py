@@ -18,7 +18,8 @@
     │   ├── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
     │   └── StepPending         (retryable: a step's backend work is still in flight elsewhere)
     ├── BackendError            (retryable: bool)
-    │   └── BackendTimeout      (outcome unknown: treated as maybe-applied)
+    │   ├── BackendTimeout      (outcome unknown: treated as maybe-applied)
+    │   └── AddressNotAllowed   (not retryable: the host refuses to program that address)
     ├── AttachFailed            (the attach's apply failed and was rolled back)
     ├── DatabaseError           (connection problems, not a database; the URL is shown without secrets)
     └── eipflow.diagrams.errors (GraphvizNotFound, GraphvizFailed, DiagramsStale; InvalidSpec and
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "AddressInUse",
+    "AddressNotAllowed",
     "AttachFailed",
     "AttachSuperseded",
     "BackendError",
@@ -248,6 +250,20 @@ class BackendError(EipflowError):
 
 class BackendTimeout(BackendError):
     """The backend did not answer in time: the outcome is unknown (maybe applied)."""
+
+
+class AddressNotAllowed(BackendError):
+    """The host will not program this address: outside its VIP ranges, its own address, or its gateway's.
+
+    Raised by the agent's side before anything is changed; retrying cannot help.
+    """
+
+    def __init__(self, host_uuid: str, field: str, address: str, reason: str) -> None:
+        self.host_uuid = host_uuid
+        self.field = field
+        self.address = address
+        self.reason = reason
+        super().__init__(f"host {host_uuid} refuses {field} {address}: {reason}", retryable=False)
 
 
 class AttachFailed(EipflowError):

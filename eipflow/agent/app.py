@@ -1,23 +1,28 @@
 """The host agent as an ASGI app (Starlette): apply / revoke / list for one host's dataplane.
 
-    GET  /healthz      liveness; no token, says only "ok"
-    GET  /v1/rules     what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
-    POST /v1/apply     body: spec (see below)              -> {"ok": true, …}
-    POST /v1/revoke    body: spec                          -> {"ok": true, …}
+    GET  /healthz       liveness; no token, says only "ok"
+    GET  /openapi.json  the OpenAPI description of this API; no token
+    GET  /v1/rules      what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
+    POST /v1/apply      body: spec (see below)              -> {"ok": true, …}
+    POST /v1/revoke     body: spec                          -> {"ok": true, …}
 
-A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid"}``.
-Every ``/v1`` call needs ``Authorization: Bearer <token>`` (compared in constant time) and is
-checked before its body is read. Answers: 401 bad/missing token, 413 body too large, 422 invalid
-body, 421 spec for another host, 502 backend failed (``retryable`` in the body), 504 the backend's
-outcome is unknown.
+A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid"}``, each key
+once. Every ``/v1`` call needs ``Authorization: Bearer <token>`` (compared in constant time) and is
+checked before its body is read — or, with ``mtls=True``, a client certificate the TLS layer
+verified. Answers: 401 bad/missing token, 403 an address this host will not program (outside its
+VIP ranges, its own, its gateway's), 413 body too large, 422 invalid body, 421 spec for another
+host, 502 backend failed (``retryable`` in the body), 504 the backend's outcome is unknown.
+Bad-token warnings are aggregated: at most one log line per :data:`WARN_EVERY_S` seconds, carrying
+how many were suppressed since the last.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -31,15 +36,45 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import validation as v
-from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
+from .openapi import openapi
 
-__all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "WARN_EVERY_S", "AgentBackend", "create_app"]
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
+WARN_EVERY_S = 60.0
 _FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid")
+
+
+class _Throttle:
+    """One warning per window; the next one says how many were suppressed (a token-guessing flood is one line)."""
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self.every = every
+        self.clock = clock
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """``None``: stay quiet; else log now, reporting this many suppressed since the last line."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            self._suppressed += 1
+            return None
+        self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        return suppressed
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Refused(422, f"duplicate key {key!r} in the body")
+        seen[key] = value
+    return seen
 
 
 class AgentBackend(Protocol):
@@ -75,22 +110,36 @@ def create_app(
     backend: AgentBackend,
     *,
     host_uuid: str,
-    token: str,
+    token: str | None,
+    mtls: bool = False,
+    vip_ranges: Sequence[str] = (),
     hold_fifo: str | Path | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """Build the agent for ``host_uuid`` serving ``backend``.
 
     Args:
         backend: the host's dataplane (normally :class:`~eipflow.backends.nftables.NftablesBackend`).
         host_uuid: specs naming another host are refused (421), so a misrouted call changes nothing.
-        token: the bearer token every ``/v1`` call must present.
+        token: the bearer token every ``/v1`` call must present; ``None`` only with ``mtls``.
+        mtls: the server verifies client certificates (uvicorn ``ssl_cert_reqs=CERT_REQUIRED``), which
+            then stand in for the token.
+        vip_ranges: the networks an applied VIP must lie in (403 otherwise); empty: no restriction.
         hold_fifo: test hook: after each apply has committed, wait for a writer on this FIFO before
             answering (lets end-to-end tests stop or kill the agent "mid-apply" without sleeping).
+        clock: monotonic seconds, for aggregating bad-token warnings (tests inject one).
     """
-    expected = token.encode()
+    if token is None and not mtls:
+        raise InvalidInput("the agent needs a token, or mtls=True with client certificates verified by TLS")
+    expected = token.encode() if token is not None else None
     hold = str(hold_fifo) if hold_fifo is not None else None
+    ranges = [ipaddress.ip_network(r) for r in vip_ranges]
+    unauthorized = _Throttle(WARN_EVERY_S, clock)
+    description = openapi(host_uuid)
 
     def authorized(request: Request) -> bool:
+        if expected is None:
+            return True  # mtls: the TLS handshake already refused clients without a valid certificate
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         # compare_digest on bytes: time does not depend on where the first wrong byte is
         return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
@@ -105,8 +154,10 @@ def create_app(
             if len(body) > MAX_BODY_BYTES:
                 raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(body, object_pairs_hook=_unique_keys)
+        except _Refused:
+            raise
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Refused(422, "body is not JSON") from None
         if not isinstance(data, dict):
             raise _Refused(422, "body must be a JSON object")
@@ -130,6 +181,9 @@ def create_app(
             raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
         if spec.host_uuid != host_uuid:
             raise _Refused(421, f"this agent serves host {host_uuid}, not {spec.host_uuid}")
+        if creating and ranges and not any(ipaddress.ip_address(spec.vip) in r for r in ranges):
+            why = f"outside this host's vip_ranges ({', '.join(str(r) for r in ranges)})"
+            raise _Refused(403, f"vip {spec.vip} is {why}", field="vip", reason=why, retryable=False)
         return spec
 
     def endpoint(
@@ -139,13 +193,18 @@ def create_app(
             started = time.perf_counter()
             bound = log.bind(action=action, host_uuid=host_uuid, client=_peer(request))
             if not authorized(request):
-                bound.warning("agent.unauthorized", status=401)
+                suppressed = unauthorized.admit()
+                if suppressed is not None:
+                    bound.warning("agent.unauthorized", status=401, suppressed=suppressed)
                 return _error(401, "missing or invalid bearer token")
             try:
                 response = await fn(request)
             except _Refused as exc:
                 bound.warning("agent.refused", status=exc.status, reason=exc.message)
                 return _error(exc.status, exc.message, **exc.extra)
+            except AddressNotAllowed as exc:
+                bound.warning("agent.refused", status=403, reason=str(exc))
+                return _error(403, str(exc), field=exc.field, reason=exc.reason, retryable=False)
             except BackendTimeout as exc:
                 bound.error("agent.backend_timeout", error=str(exc))
                 return _error(504, str(exc), retryable=True, outcome_unknown=True)
@@ -177,6 +236,9 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(description)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         log.info("agent.started", host_uuid=host_uuid, hold=hold is not None)
@@ -186,6 +248,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
             Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
             Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),

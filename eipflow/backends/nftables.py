@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from .. import validation as v
-from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
 
 __all__ = ["ANNOUNCE_MODES", "NftablesBackend", "OwnedRule", "check_interface"]
@@ -140,7 +140,9 @@ class NftablesBackend:
         spec = self._check(spec, creating=True)
         started = time.perf_counter()
         with self._lock:
-            owned = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid]
+            every = self._owned()
+            self._refuse_host_addresses(spec, {r.vip for r in every if r.role == "dnat" and r.vip})
+            owned = [r for r in every if r.eip_uuid == spec.eip_uuid]
             commands = self._skeleton()
             commands += [self._delete(r) for r in owned]
             commands += self._add_rules(spec)
@@ -157,6 +159,45 @@ class NftablesBackend:
         log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
                  guest_ip=spec.guest_ip, replaced=len(owned),
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def _refuse_host_addresses(self, spec: EipSpec, our_vips: set[str]) -> None:
+        """Refuse to DNAT or announce the host's own addresses or its gateways' (before anything changes).
+
+        The VIPs eipflow itself put on the public interface are not the host's own.
+        """
+        own = self._host_addresses() - our_vips
+        gateways = self._gateways()
+        for field, addr in (("vip", spec.vip), ("guest_ip", spec.guest_ip)):
+            if addr in own:
+                raise AddressNotAllowed(self.host_uuid, field, addr, "it is an address of this host")
+            if addr in gateways:
+                raise AddressNotAllowed(self.host_uuid, field, addr, "it is this host's gateway")
+
+    def _ip_json(self, *argv: str) -> list[Any]:
+        done = self._run([self.ip, "-j", *argv])
+        if done.returncode != 0:
+            raise BackendError(f"ip {' '.join(argv)} failed on host {self.host_uuid}: {_first_line(done.stderr)}")
+        try:
+            data = json.loads(done.stdout or "[]")
+        except ValueError as exc:
+            raise BackendError(f"ip {' '.join(argv)} printed unreadable JSON on host {self.host_uuid}") from exc
+        return data if isinstance(data, list) else []
+
+    def _host_addresses(self) -> set[str]:
+        return {
+            v.canonical_address("local", a["local"])
+            for link in self._ip_json("addr", "show")
+            for a in link.get("addr_info", [])
+            if isinstance(a, dict) and isinstance(a.get("local"), str)
+        }
+
+    def _gateways(self) -> set[str]:
+        found = set()
+        for family in ("-4", "-6"):
+            for route in self._ip_json(family, "route", "show", "default"):
+                if isinstance(route, dict) and isinstance(route.get("gateway"), str):
+                    found.add(v.canonical_address("gateway", route["gateway"]))
+        return found
 
     def _undo(self, spec: EipSpec) -> None:
         """After a failed second step, take back the rules the apply's transaction just committed.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import eipflow
 
 EXPECTED = {
-    "AddressInUse", "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend", "BackendError", "BackendTimeout",
-    "Clock",
-    "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
+    "AddressInUse", "AddressNotAllowed", "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend",
+    "BackendError", "BackendTimeout", "Clock", "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
     "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "IllegalTransition", "InMemoryDataplane",
     "InvalidAddress", "InvalidBackendSpec", "InvalidIdentifier", "InvalidInput", "ListsRules", "ManualClock",
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
