@@ -73,7 +73,8 @@ def build_server(
 
     Args:
         host: this host's entry from the hosts file (read with ``load_hosts(path, host=…)``).
-        listen: override where to bind: ``HOST:PORT`` or ``unix:///path.sock``; default from ``host.url``.
+        listen: override where to bind: ``HOST:PORT`` (port 0: any free one, see ``sockets[0]``) or
+            ``unix:///path.sock``; default from ``host.url``.
         hold_fifo: test hook, see :func:`eipflow.agent.app.create_app`.
         backend: the dataplane to serve (default: nftables as the entry configures it).
 
@@ -96,27 +97,35 @@ def build_server(
             addr, _, port = listen.rpartition(":")
             where = (addr.strip("[]") or "127.0.0.1", int(port))
     options: dict[str, object] = {}
-    sockets: list[socket.socket] = []
+    sockets: list[socket.socket] = []  # bound before anything else can fail: closed by the caller
     if isinstance(where, str):
         if host.tls:
             raise InvalidInput(f"host {host.host_uuid}: TLS is configured (https url); listen on HOST:PORT, "
                                f"not on the Unix socket {where}")
         sockets.append(_unix_socket(where))
     else:
-        options["host"], options["port"] = where
+        # Bound here (not by uvicorn) so that port 0 works and the caller learns the port from the socket.
+        family = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
+        sockets.append(socket.create_server(where, family=family, reuse_port=False))
     if host.tls:
         options["ssl_certfile"], options["ssl_keyfile"] = host.tls_cert, host.tls_key
         if host.client_ca is not None:
             options["ssl_ca_certs"], options["ssl_cert_reqs"] = host.client_ca, ssl.CERT_REQUIRED
-    config = uvicorn.Config(
-        app,
-        log_config=None,  # logging is structlog's, configured by the CLI
-        access_log=False,  # the app logs one canonical line per call instead
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        server_header=False,
-        proxy_headers=False,
-        **options,  # type: ignore[arg-type]
-    )
+    try:
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # logging is structlog's, configured by the CLI
+            access_log=False,  # the app logs one canonical line per call instead
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            server_header=False,
+            proxy_headers=False,
+            **options,  # type: ignore[arg-type]
+        )
+        config.load()  # the certificate and key are read now: a bad file fails here, not at the first call
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     if host.vip_ranges == ():
         log.warning("agent.no_vip_ranges", host_uuid=host.host_uuid,
                     hint="set vip_ranges in the hosts file to limit which VIPs this host programs")

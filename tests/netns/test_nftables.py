@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eipflow import AttachFailed, BackendError, Eipflow
+from eipflow import AddressNotAllowed, AttachFailed, BackendError, Eipflow
 from eipflow.agent.lab import Lab
 from eipflow.backends.nftables import NftablesBackend, parse_rules
 from eipflow.values import EipSpec
@@ -230,3 +230,30 @@ def test_revoke_matches_a_rule_whatever_spelling_the_caller_uses(lab: Lab, host:
     assert len(kernel_rules(lab, host)) == 2
     nft.revoke(spec(s.eip_uuid, vip="2001:DB8::0100", guest="FE80:0::10%pub0"))
     assert kernel_rules(lab, host) == []
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"vip": "203.0.113.11"}, "vip 203.0.113.11: it is an address of this host"),
+    ({"vip": "203.0.113.1"}, "vip 203.0.113.1: it is this host's gateway"),
+    ({"guest": "203.0.113.11"}, "guest_ip 203.0.113.11: it is an address of this host"),
+    ({"vip": "2001:db8::11", "guest": "fd00::5"}, "vip 2001:db8::11: it is an address of this host"),
+    ({"vip": "2001:db8::1", "guest": "fd00::5"}, "vip 2001:db8::1: it is this host's gateway"),
+])
+def test_the_hosts_own_and_gateway_addresses_are_refused_and_change_nothing(
+    lab: Lab, host: str, nft: NftablesBackend, over: dict[str, str], why: str
+) -> None:
+    """DNAT or announcing the host's own address, or its gateway's, would hijack the host: refused first."""
+    lab.address(host, "pub0", "203.0.113.11/24")
+    lab.run(host, "ip", "link", "set", "pub0", "up")
+    lab.run(host, "ip", "route", "replace", "default", "via", "203.0.113.1")
+    lab.address(host, "pub0", "2001:db8::11/64")
+    lab.run(host, "ip", "-6", "route", "replace", "default", "via", "2001:db8::1", "dev", "pub0")
+    before = (lab.ruleset(host), addresses(lab, host))
+    with pytest.raises(AddressNotAllowed, match=why) as info:
+        nft.apply(spec(**over))
+    assert info.value.retryable is False
+    assert (lab.ruleset(host), addresses(lab, host)) == before
+    mine = spec()
+    nft.apply(mine)  # an ordinary VIP still works, and re-applying it (its address now on pub0) too
+    nft.apply(mine)
+    assert nft.rules() == [mine]

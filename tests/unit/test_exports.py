@@ -6,7 +6,8 @@ import eipflow
 
 EXPECTED = {
     "AddressInUse", "AddressNotAllowed", "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend",
-    "BackendError", "BackendTimeout", "Clock", "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
+    "BackendError", "BackendTimeout", "Clock", "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip",
+    "EipMachine", "EipNotFound", "EipSpec",
     "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "IllegalTransition", "InMemoryDataplane",
     "InvalidAddress", "InvalidBackendSpec", "InvalidIdentifier", "InvalidInput", "ListsRules", "ManualClock",
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
