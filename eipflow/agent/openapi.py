@@ -13,7 +13,8 @@ from .._version import __version__
 
 __all__ = ["openapi"]
 
-_ADDRESS = {"type": "string", "minLength": 1, "maxLength": 64, "description": "IPv4 or IPv6 address"}
+_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}], "maxLength": 64,
+            "description": "IPv4 or IPv6 address, no zone ID (canonicalised by the agent)"}
 _ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$"}
 
 
@@ -60,8 +61,11 @@ def openapi(host_uuid: str) -> dict[str, Any]:
                 "Spec": {
                     "type": "object", "additionalProperties": False,
                     "required": ["eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid"],
+                    "example": {"eip_uuid": "6f1c0d1e-8a52-4c3e-9d0b-1f2e3a4b5c6d", "vip": "203.0.113.10",
+                                "vm_nic_uuid": "nic-1", "guest_ip": "192.0.2.10", "host_uuid": host_uuid},
                     "properties": {"eip_uuid": {"type": "string", "format": "uuid"}, "vip": _ADDRESS,
-                                   "vm_nic_uuid": _ID, "guest_ip": _ADDRESS, "host_uuid": _ID},
+                                   "vm_nic_uuid": _ID, "guest_ip": _ADDRESS,
+                                   "host_uuid": {"type": "string", "enum": [host_uuid]}},
                 },
                 "Done": {"type": "object", "required": ["ok", "action", "eip_uuid"], "properties": {
                     "ok": {"enum": [True]}, "action": {"enum": ["apply", "revoke"]}, "eip_uuid": {"type": "string"}}},
