@@ -362,3 +362,28 @@ def test_the_openapi_description_is_published_without_a_token() -> None:
 def test_an_agent_without_any_credential_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="needs a token, or mtls"):
         create_app(InMemoryDataplane(), host_uuid=HOST, token=None)
+
+
+@pytest.mark.parametrize(("case", "text", "needle"), [
+    ("weak-token", 'token = "aaaaaaaaaaaaaaaaaaaa"', "the token is too weak"),
+    ("short-token", 'token = "short"', "a token of at least 16 characters"),
+    ("readable-token-file", 'token_file = "t.token"', "readable or writable by every user"),
+    ("https-not-honoured", f'token = "{TOKEN}"\nurl = "https://127.0.0.1:9601"', "cannot be honoured"),
+    ("tls-on-http", f'token = "{TOKEN}"\ntls_cert = "c.pem"\ntls_key = "t.token"', "need an https:// url"),
+    ("bad-vip-range", f'token = "{TOKEN}"\nvip_ranges = ["203.0.113.7/24"]', "is not a network"),
+])
+def test_the_agent_command_refuses_a_bad_entry_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           case: str, text: str, needle: str) -> None:
+    """What `eipflow agent` says (one line, exit 2) before it binds anything."""
+    (tmp_path / "t.token").write_text(TOKEN)
+    (tmp_path / "t.token").chmod(0o644)
+    lines = ['[hosts."host-1"]', 'announce = "none"', *text.split("\n")]
+    if "url" not in text:
+        lines.append(f'url = "unix://{tmp_path / "a.sock"}"')
+    path = tmp_path / "hosts.toml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    assert main(["agent", "--config", str(path), "--host", "host-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: hosts file ") and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "a.sock").exists()
