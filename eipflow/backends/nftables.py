@@ -163,7 +163,9 @@ class NftablesBackend:
     def _refuse_host_addresses(self, spec: EipSpec, our_vips: set[str]) -> None:
         """Refuse to DNAT or announce the host's own addresses or its gateways' (before anything changes).
 
-        The VIPs eipflow itself put on the public interface are not the host's own.
+        The VIPs eipflow itself put on the public interface are not the host's own: those of its rules,
+        and (with ``announce="address"``) any /32 or /128 there, which is how eipflow adds a VIP, so a
+        VIP whose rules were lost while its address stayed can be re-applied.
         """
         own = self._host_addresses() - our_vips
         gateways = self._gateways()
@@ -184,12 +186,16 @@ class NftablesBackend:
         return data if isinstance(data, list) else []
 
     def _host_addresses(self) -> set[str]:
-        return {
-            v.canonical_address("local", a["local"])
-            for link in self._ip_json("addr", "show")
-            for a in link.get("addr_info", [])
-            if isinstance(a, dict) and isinstance(a.get("local"), str)
-        }
+        found = set()
+        for link in self._ip_json("addr", "show"):
+            for a in link.get("addr_info", []) if isinstance(link, dict) else []:
+                if not isinstance(a, dict) or not isinstance(a.get("local"), str):
+                    continue
+                announced = (self.announce == "address" and link.get("ifname") == self.public_interface
+                             and a.get("prefixlen") in (32, 128))
+                if not announced:
+                    found.add(v.canonical_address("local", a["local"]))
+        return found
 
     def _gateways(self) -> set[str]:
         found = set()

@@ -257,3 +257,14 @@ def test_the_hosts_own_and_gateway_addresses_are_refused_and_change_nothing(
     nft.apply(mine)  # an ordinary VIP still works, and re-applying it (its address now on pub0) too
     nft.apply(mine)
     assert nft.rules() == [mine]
+
+
+def test_a_vip_whose_rules_were_lost_but_whose_address_stayed_is_re_applied(lab: Lab, host: str,
+                                                                           nft: NftablesBackend) -> None:
+    """The announce address (a /32 on pub0) left behind by a flushed table is eipflow's, not the host's own."""
+    s = spec()
+    nft.apply(s)
+    lab.run(host, "nft", "flush", "table", "inet", "eipflow")
+    assert nft.rules() == [] and "203.0.113.100" in addresses(lab, host)
+    nft.apply(s)
+    assert nft.rules() == [s]
