@@ -150,3 +150,16 @@ def test_db_current_on_a_newer_schema_does_not_suggest_upgrade(capsys: pytest.Ca
     code, out, _ = run(capsys, sqlite_url, "--json", "db", "current")
     assert {k: json.loads(out)[k] for k in ("current", "known", "up_to_date")} == {
         "current": "0999", "known": False, "up_to_date": False}
+
+
+def test_console_logs_escape_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    """On a terminal, logs use the console renderer: stored or remote text in them is escaped too."""
+    import structlog
+
+    from eipflow.cli._context import setup_logging
+
+    setup_logging(0, "console")
+    structlog.get_logger("t").warning("agent.refused", reason="\x1b]0;owned\x07\u202eevil")
+    err = capsys.readouterr().err
+    assert "owned" in err and "evil" in err
+    assert "\x1b]0;" not in err and "\x07" not in err and "\u202e" not in err  # (the renderer's own colours remain)

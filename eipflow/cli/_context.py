@@ -77,11 +77,14 @@ def setup_logging(verbose: int, fmt: str) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    # JSON escapes control characters itself; the console renderer would print them raw.
+    escape: list[Any] = [] if use_json else [_escape_for_console]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -89,3 +92,8 @@ def setup_logging(verbose: int, fmt: str) -> None:
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _escape_for_console(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Log values may carry stored or remote text (names, backend errors): never raw on a terminal."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event_dict.items()}
