@@ -200,7 +200,12 @@ def _tls(source: str, where: str, raw: Mapping[str, Any], base: Path | None, sch
         what = "serve https" if side == "agent" else "present a client certificate (auth = 'mtls')"
         raise _fail(source, f"{where}: an https:// url cannot be honoured: {', '.join(missing)} "
                             f"required to {what}")
+    # Each side checks only the files it reads: one file may serve both, and the control plane has
+    # no business with (and no access to) an agent's private key, nor an agent with the client's.
+    mine = {"agent": ("tls_cert", "tls_key", "client_ca"), "control": ("ca_file", "client_cert", "client_key")}[side]
     for key, path in given.items():
+        if key not in mine:
+            continue
         if key in ("tls_key", "client_key"):
             _secret_file(source, where, key, Path(path))
         elif not Path(path).is_file():

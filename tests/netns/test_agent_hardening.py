@@ -387,3 +387,17 @@ def test_the_agent_command_refuses_a_bad_entry_with_exit_2(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: hosts file ") and needle in err and err.count("\n") == 1
     assert not (tmp_path / "a.sock").exists()
+
+
+def test_one_file_serves_both_sides_each_checking_only_its_own_files(tmp_path: Path, ca: trustme.CA) -> None:
+    """The control plane never opens the agent's key (it lives on the host), nor the agent the client's."""
+    ca_pem = _pem(tmp_path, "ca.pem", ca.cert_pem)
+    cert = ca.issue_cert("127.0.0.1")
+    shared = entry(url="https://127.0.0.1:9600", ca_file=ca_pem, tls_cert="/on/the/host/agent.pem",
+                   tls_key="/on/the/host/agent.key")
+    assert parse_hosts({"hosts": {HOST: shared}})[HOST].tls  # the control plane: fine without the host's files
+    with pytest.raises(InvalidHostsFile, match=r"agent\.pem: no such file"):
+        parse_hosts({"hosts": {HOST: shared}}, host=HOST)  # the agent needs them
+    on_host = {**shared, "tls_cert": _pem(tmp_path, "a.pem", cert.cert_chain_pems[0]),
+               "tls_key": _pem(tmp_path, "a.key", cert.private_key_pem), "ca_file": "/on/the/control/plane/ca.pem"}
+    assert parse_hosts({"hosts": {HOST: on_host}}, host=HOST)[HOST].tls_cert == on_host["tls_cert"]
