@@ -18,6 +18,8 @@ from .backends import (
 )
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
+    AddressInUse,
+    AddressNotAllowed,
     AttachFailed,
     AttachSuperseded,
     BackendError,
@@ -48,6 +50,8 @@ from .worker import Worker
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "AddressInUse",
+    "AddressNotAllowed",
     "AsyncEipflow",
     "AttachFailed",
     "AttachSuperseded",

@@ -17,6 +17,7 @@ from .backends.base import Backend, ListsRules, load_backend
 from .backends.simulated import SimulatedDataplane
 from .clock import Clock, SystemClock
 from .errors import (
+    AddressInUse,
     AttachFailed,
     AttachSuperseded,
     ConflictError,
@@ -185,13 +186,23 @@ class Eipflow:
 
     # -- EIPs ----------------------------------------------------------------------------------
     def create_eip(self, vip: str, name: str | None = None, *, op_id: str | None = None) -> Eip:
-        """Allocate an EIP for public address ``vip``; it starts ``detached``."""
+        """Allocate an EIP for public address ``vip``; it starts ``detached``.
+
+        Raises:
+            InvalidAddress: ``vip`` is not an address a VIP may be (see ``docs/errors.md``).
+            InvalidIdentifier: ``name`` is too long or holds control or format characters.
+            VipInUse: another EIP has this VIP.
+            AddressInUse: ``vip`` is some EIP's guest IP.
+        """
         vip = v.ip_address("vip", vip)
         name = v.name(name)
         return self._once(op_id, {"op": "create", "vip": vip, "name": name},
                           lambda: self._create(vip, name, op_id), _eip_out, _eip_in)
 
     def _create(self, vip: str, name: str | None, op_id: str | None) -> Eip:
+        holder = self.store.holder_of_guest_ip(vip)
+        if holder is not None:
+            raise AddressInUse("vip", vip, holder, "guest IP")
         if op_id is None:
             return self.store.create(str(uuidlib.uuid4()), vip, name, actor=self.runner.owner, op_id=None)
         # The uuid follows from the operation id: a retried create whose first caller died after
@@ -248,6 +259,8 @@ class Eipflow:
             AttachFailed: the apply failed; the binding was rolled back (conditionally).
             IllegalTransition: the EIP is not ``detached`` (a concurrent attach won).
             GuestIpInUse: ``guest_ip`` already carries an EIP.
+            InvalidAddress: ``guest_ip`` is of a refused class, of another IP version than the VIP, or the VIP.
+            AddressInUse: ``guest_ip`` is another EIP's VIP.
         """
         uuid = v.eip_uuid(uuid)
         nic = v.opaque_id("nic", nic)
@@ -259,7 +272,14 @@ class Eipflow:
                           _eip_out, _eip_in)
 
     def _attach(self, uuid: str, nic: str, guest_ip: str, vm: str, host: str, op_id: str | None, wait: bool) -> Eip:
-        self.store.require(uuid)
+        target = self.store.require(uuid)
+        # A retried operation whose first caller died after persisting the binding resumes its own attach.
+        mine = [r for r in self.store.history(uuid) if r.event == "attach" and r.op_id == op_id] if op_id else []
+        if not mine:
+            v.address_pair(target.vip, guest_ip)
+            holder = self.store.holder_of_vip(guest_ip)
+            if holder is not None:
+                raise AddressInUse("guest_ip", guest_ip, holder, "VIP")
         known = self.store.vm(vm)
         if known is None:
             # Our host is only a guess from the caller's read: it never overwrites a fact recorded meanwhile.
@@ -271,8 +291,6 @@ class Eipflow:
             "desired": "attached", "attach_confirmed": False, "last_error": None,
         }
         details = {"nic": nic, "guest_ip": guest_ip, "vm": vm, "host": host}
-        # A retried operation whose first caller died after persisting the binding resumes its own attach.
-        mine = [r for r in self.store.history(uuid) if r.event == "attach" and r.op_id == op_id] if op_id else []
         if mine:
             version = mine[-1].version
             eip = self.store.require(uuid)

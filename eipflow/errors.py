@@ -14,13 +14,15 @@
     │   ├── VersionConflict
     │   ├── GuestIpInUse
     │   ├── VipInUse
+    │   ├── AddressInUse        (a guest IP that is some EIP's VIP, or a VIP that is some EIP's guest IP)
     │   ├── AttachSuperseded    (a detach/delete/other attach overtook the in-flight attach)
     │   └── StepPending         (retryable: a step's backend work is still in flight elsewhere)
     ├── BackendError            (retryable: bool)
     │   ├── BackendTimeout      (outcome unknown: treated as maybe-applied)
-    │   └── StaleGeneration     (the host has seen a newer generation of this EIP: superseded, never retried)
+    │   ├── StaleGeneration     (the host has seen a newer generation of this EIP: superseded, never retried)
+    │   └── AddressNotAllowed   (not retryable: the host refuses to program that address)
     ├── AttachFailed            (the attach's apply failed and was rolled back)
-    ├── DatabaseError           (connection problems; the URL is shown without its password)
+    ├── DatabaseError           (connection problems, not a database; the URL is shown without secrets)
     └── eipflow.diagrams.errors (GraphvizNotFound, GraphvizFailed, DiagramsStale; InvalidSpec and
                                  UnknownDiagramFormat under InvalidInput)
 
@@ -34,6 +36,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "AddressInUse",
+    "AddressNotAllowed",
     "AttachFailed",
     "AttachSuperseded",
     "BackendError",
@@ -56,6 +60,19 @@ __all__ = [
     "VipInUse",
     "WorkItemNotFound",
 ]
+
+
+#: how many characters of a rejected value a message echoes (a 10,000-character name is not repeated whole)
+MAX_ECHO = 60
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message: escaped (no control characters reach a terminal) and bounded."""
+    text = repr(value)
+    if len(text) <= MAX_ECHO:
+        return text
+    size = f", {len(value)} characters" if isinstance(value, str | bytes) else ""
+    return f"{text[:MAX_ECHO]}…{size}"
 
 
 class EipflowError(Exception):
@@ -109,7 +126,7 @@ class InvalidAddress(InvalidInput):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {value!r} is {reason}")
+        super().__init__(f"{field}: {shown(value)} is {reason}")
 
 
 class InvalidIdentifier(InvalidInput):
@@ -119,7 +136,7 @@ class InvalidIdentifier(InvalidInput):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {value!r} is not accepted: {reason}")
+        super().__init__(f"{field}: {shown(value)} is not accepted: {reason}")
 
 
 class InvalidBackendSpec(InvalidInput):
@@ -194,6 +211,19 @@ class VipInUse(ConflictError):
     def __init__(self, vip: str) -> None:
         self.vip = vip
         super().__init__(f"VIP {vip} is already allocated to another EIP")
+
+
+class AddressInUse(ConflictError):
+    """One address cannot be both: a guest IP that is another EIP's VIP, or a VIP that is an EIP's guest IP."""
+
+    def __init__(self, field: str, address: str, holder: str, holder_role: str) -> None:
+        self.field = field
+        self.address = address
+        self.holder = holder
+        self.holder_role = holder_role
+        super().__init__(
+            f"{field} {address} is the {holder_role} of EIP {holder}; an address cannot be both a VIP and a guest IP"
+        )
 
 
 class AttachSuperseded(ConflictError):
@@ -275,6 +305,20 @@ class StaleGeneration(BackendError):
             f"(host has {current}); the call was superseded",
             retryable=False,
         )
+
+
+class AddressNotAllowed(BackendError):
+    """The host will not program this address: outside its VIP ranges, its own address, or its gateway's.
+
+    Raised by the agent's side before anything is changed; retrying cannot help.
+    """
+
+    def __init__(self, host_uuid: str, field: str, address: str, reason: str) -> None:
+        self.host_uuid = host_uuid
+        self.field = field
+        self.address = address
+        self.reason = reason
+        super().__init__(f"host {host_uuid} refuses {field} {address}: {reason}", retryable=False)
 
 
 class AttachFailed(EipflowError):

@@ -1,25 +1,31 @@
 """The host agent as an ASGI app (Starlette): apply / revoke / list for one host's dataplane.
 
-    GET  /healthz      liveness; no token, says only "ok"
-    GET  /v1/rules     what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
-    POST /v1/apply     body: spec (see below)              -> {"ok": true, …}
-    POST /v1/revoke    body: spec                          -> {"ok": true, …}
+    GET  /healthz       liveness; no token, says only "ok"
+    GET  /openapi.json  the OpenAPI description of this API; no token
+    GET  /v1/rules      what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
+    POST /v1/apply      body: spec (see below)              -> {"ok": true, …}
+    POST /v1/revoke     body: spec                          -> {"ok": true, …}
 
-A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation"}``
-(``generation``: the fencing token, a non-negative integer; see :mod:`eipflow.backends.fencing`).
+A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation"}``,
+each key once (``generation``: the fencing token, a non-negative integer; see :mod:`eipflow.backends.fencing`).
 Every ``/v1`` call needs ``Authorization: Bearer <token>`` (compared in constant time) and is
-checked before its body is read. Answers: 401 bad/missing token, 413 body too large, 422 invalid
-body, 421 spec for another host, 409 stale generation (the host has seen a newer one:
-``{"error", "reason", "eip_uuid", "requested_generation", "current_generation"}``; nothing changed),
-502 backend failed (``retryable`` in the body), 504 the backend's outcome is unknown.
+checked before its body is read — or, with ``mtls=True``, a client certificate the TLS layer
+verified. Answers: 401 bad/missing token, 403 an address this host will not program (outside its
+VIP ranges, its own, its gateway's), 413 body too large, 422 invalid body, 421 spec for another
+host, 409 stale generation (the host has seen a newer one: ``{"error", "reason", "eip_uuid",
+"requested_generation", "current_generation"}``; nothing changed), 502 backend failed (``retryable``
+in the body), 504 the backend's outcome is unknown.
+Bad-token warnings are aggregated: at most one log line per :data:`WARN_EVERY_S` seconds, carrying
+how many were suppressed since the last.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -33,16 +39,46 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import validation as v
-from ..errors import BackendError, BackendTimeout, InvalidInput, StaleGeneration
+from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
+from .openapi import openapi
 
-__all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "WARN_EVERY_S", "AgentBackend", "create_app"]
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
+WARN_EVERY_S = 60.0
 _FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation")
 _MAX_GENERATION = 2**63 - 1
+
+
+class _Throttle:
+    """One warning per window; the next one says how many were suppressed (a token-guessing flood is one line)."""
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self.every = every
+        self.clock = clock
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """``None``: stay quiet; else log now, reporting this many suppressed since the last line."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            self._suppressed += 1
+            return None
+        self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        return suppressed
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Refused(422, f"duplicate key {key!r} in the body")
+        seen[key] = value
+    return seen
 
 
 class AgentBackend(Protocol):
@@ -78,27 +114,41 @@ def create_app(
     backend: AgentBackend,
     *,
     host_uuid: str,
-    token: str,
+    token: str | None,
+    mtls: bool = False,
+    vip_ranges: Sequence[str] = (),
     hold_fifo: str | Path | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """Build the agent for ``host_uuid`` serving ``backend``.
 
     Args:
         backend: the host's dataplane (normally :class:`~eipflow.backends.nftables.NftablesBackend`).
         host_uuid: specs naming another host are refused (421), so a misrouted call changes nothing.
-        token: the bearer token every ``/v1`` call must present.
+        token: the bearer token every ``/v1`` call must present; ``None`` only with ``mtls``.
+        mtls: the server verifies client certificates (uvicorn ``ssl_cert_reqs=CERT_REQUIRED``), which
+            then stand in for the token.
+        vip_ranges: the networks an applied VIP must lie in (403 otherwise); empty: no restriction.
         hold_fifo: test hook: after each apply has committed, wait for a writer on this FIFO before
             answering (lets end-to-end tests stop or kill the agent "mid-apply" without sleeping).
+        clock: monotonic seconds, for aggregating bad-token warnings (tests inject one).
     """
-    expected = token.encode()
+    if token is None and not mtls:
+        raise InvalidInput("the agent needs a token, or mtls=True with client certificates verified by TLS")
+    expected = token.encode() if token is not None else None
     hold = str(hold_fifo) if hold_fifo is not None else None
+    ranges = [ipaddress.ip_network(r) for r in vip_ranges]
+    unauthorized = _Throttle(WARN_EVERY_S, clock)
+    description = openapi(host_uuid)
 
     def authorized(request: Request) -> bool:
+        if expected is None:
+            return True  # mtls: the TLS handshake already refused clients without a valid certificate
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         # compare_digest on bytes: time does not depend on where the first wrong byte is
         return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
 
-    async def read_spec(request: Request) -> EipSpec:
+    async def read_spec(request: Request, *, creating: bool) -> EipSpec:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
@@ -108,8 +158,10 @@ def create_app(
             if len(body) > MAX_BODY_BYTES:
                 raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(body, object_pairs_hook=_unique_keys)
+        except _Refused:
+            raise
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Refused(422, "body is not JSON") from None
         if not isinstance(data, dict):
             raise _Refused(422, "body must be a JSON object")
@@ -120,19 +172,26 @@ def create_app(
         generation = data["generation"]
         if type(generation) is not int or not 0 <= generation <= _MAX_GENERATION:
             raise _Refused(422, "generation must be a non-negative integer", field="generation")
+        # Apply creates: the full address rules. Revoke removes: syntax only, so an old rule still goes.
+        address = v.ip_address if creating else v.canonical_address
         try:
             spec = EipSpec(
                 v.eip_uuid(data["eip_uuid"], "eip_uuid"),
-                v.ip_address("vip", data["vip"]),
+                address("vip", data["vip"]),
                 v.opaque_id("vm_nic_uuid", data["vm_nic_uuid"]),
-                v.ip_address("guest_ip", data["guest_ip"]),
+                address("guest_ip", data["guest_ip"]),
                 v.opaque_id("host_uuid", data["host_uuid"]),
                 generation,
             )
+            if creating:
+                v.address_pair(spec.vip, spec.guest_ip)
         except InvalidInput as exc:
             raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
         if spec.host_uuid != host_uuid:
             raise _Refused(421, f"this agent serves host {host_uuid}, not {spec.host_uuid}")
+        if creating and ranges and not any(ipaddress.ip_address(spec.vip) in r for r in ranges):
+            why = f"outside this host's vip_ranges ({', '.join(str(r) for r in ranges)})"
+            raise _Refused(403, f"vip {spec.vip} is {why}", field="vip", reason=why, retryable=False)
         return spec
 
     def endpoint(
@@ -142,7 +201,9 @@ def create_app(
             started = time.perf_counter()
             bound = log.bind(action=action, host_uuid=host_uuid, client=_peer(request))
             if not authorized(request):
-                bound.warning("agent.unauthorized", status=401)
+                suppressed = unauthorized.admit()
+                if suppressed is not None:
+                    bound.warning("agent.unauthorized", status=401, suppressed=suppressed)
                 return _error(401, "missing or invalid bearer token")
             try:
                 response = await fn(request)
@@ -154,6 +215,9 @@ def create_app(
                               host_generation=exc.current, reason=exc.reason)
                 return _error(409, str(exc), reason=exc.reason, eip_uuid=exc.eip_uuid,
                               requested_generation=exc.requested, current_generation=exc.current)
+            except AddressNotAllowed as exc:
+                bound.warning("agent.refused", status=403, reason=str(exc))
+                return _error(403, str(exc), field=exc.field, reason=exc.reason, retryable=False)
             except BackendTimeout as exc:
                 bound.error("agent.backend_timeout", error=str(exc))
                 return _error(504, str(exc), retryable=True, outcome_unknown=True)
@@ -167,14 +231,14 @@ def create_app(
         return handle
 
     async def apply(request: Request) -> Response:
-        spec = await read_spec(request)
+        spec = await read_spec(request, creating=True)
         await run_in_threadpool(backend.apply, spec)
         if hold is not None:
             await run_in_threadpool(_hold, hold)
         return JSONResponse({"ok": True, "action": "apply", "eip_uuid": spec.eip_uuid})
 
     async def revoke(request: Request) -> Response:
-        spec = await read_spec(request)
+        spec = await read_spec(request, creating=False)
         await run_in_threadpool(backend.revoke, spec)
         return JSONResponse({"ok": True, "action": "revoke", "eip_uuid": spec.eip_uuid})
 
@@ -185,6 +249,9 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(description)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         log.info("agent.started", host_uuid=host_uuid, hold=hold is not None)
@@ -194,6 +261,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
             Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
             Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),

@@ -10,11 +10,21 @@ which namespace and interface to program)::
     timeout = 5.0
 
     [hosts."host-1"]
-    url = "http://198.51.100.11:9600"    # or "unix:///run/eipflow/host-1.sock"
-    token_file = "/etc/eipflow/host-1.token"   # or token = "…" (at least 16 characters)
+    url = "https://198.51.100.11:9600"   # or "http://…", or "unix:///run/eipflow/host-1.sock"
+    token_file = "/etc/eipflow/host-1.token"   # or token = "…"; not readable by every user
     namespace = "eip-pub"                # optional: nft/ip run inside this network namespace
     public_interface = "pub0"
     state_dir = "/var/lib/eipflow/host-1"   # optional: the agent's generation records (default shown)
+    vip_ranges = ["203.0.113.0/24"]      # the only VIPs this host's agent will program
+    tls_cert = "/etc/eipflow/host-1.pem" # agent: serve https with this certificate ...
+    tls_key = "/etc/eipflow/host-1.key"  # ... and key
+    ca_file = "/etc/eipflow/ca.pem"      # control plane: the CA the agent's certificate must chain to
+    # auth = "mtls": instead of a token, the control plane presents client_cert/client_key and the
+    # agent accepts only certificates signed by client_ca.
+
+Each side reads only what it needs: the control plane (:func:`load_hosts`) every host's URL and
+credentials; an agent (``load_hosts(path, host=…)``) only its own entry, so its file need hold no
+other host's token (one compromised host yields no other host's key).
 
 Only the standard library (``tomllib``) is needed here, so the control plane can read the file
 without the agent's web dependencies.
@@ -22,6 +32,8 @@ without the agent's web dependencies.
 
 from __future__ import annotations
 
+import ipaddress
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,17 +41,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+
 from .. import validation as v
 from ..backends.nftables import ANNOUNCE_MODES, check_interface
 from ..errors import InvalidInput
 
-__all__ = ["DEFAULT_STATE_ROOT", "MIN_TOKEN_LENGTH", "HostConfig", "InvalidHostsFile", "load_hosts", "parse_hosts"]
+__all__ = [
+    "AUTH_MODES", "DEFAULT_STATE_ROOT", "MIN_TOKEN_DISTINCT", "MIN_TOKEN_LENGTH", "HostConfig", "InvalidHostsFile",
+    "load_hosts", "parse_hosts",
+]
+
+log = structlog.get_logger(__name__)
 
 MIN_TOKEN_LENGTH = 16
+#: a token of one repeated letter (or two) is not a secret, whatever its length
+MIN_TOKEN_DISTINCT = 8
+AUTH_MODES = ("token", "mtls")
+_TLS_FILES = ("tls_cert", "tls_key", "ca_file", "client_ca", "client_cert", "client_key")
 _KEYS = {
     "url", "token", "token_file", "namespace", "public_interface", "announce", "table", "timeout",
-    "connect_timeout", "nft_timeout", "state_dir",
+    "connect_timeout", "nft_timeout", "state_dir", "auth", "vip_ranges", *_TLS_FILES,
 }
+_MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 #: where an agent keeps its per-EIP generation records when the hosts file names no ``state_dir``
 DEFAULT_STATE_ROOT = "/var/lib/eipflow"
 
@@ -59,7 +83,7 @@ class HostConfig:
 
     host_uuid: str
     url: str
-    token: str
+    token: str | None  # None only with auth = "mtls"
     namespace: str | None = None
     public_interface: str | None = None
     announce: str = "address"
@@ -68,6 +92,20 @@ class HostConfig:
     connect_timeout: float = 2.0
     nft_timeout: float = 10.0  # seconds one nft/ip command may take on the agent
     state_dir: str | None = None  # the agent's generation records (default DEFAULT_STATE_ROOT/<host>)
+    auth: str = "token"
+    #: the only VIP networks the agent programs (empty: any VIP the address rules allow)
+    vip_ranges: tuple[str, ...] = ()
+    tls_cert: str | None = None  # agent: serve TLS
+    tls_key: str | None = None
+    ca_file: str | None = None  # control plane: verify the agent's certificate against this CA
+    client_ca: str | None = None  # agent: require client certificates signed by this CA (mTLS)
+    client_cert: str | None = None  # control plane: present this certificate (mTLS)
+    client_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """The agent is reached over https."""
+        return urlsplit(self.url).scheme == "https"
 
     def __repr__(self) -> str:
         return f"HostConfig(host_uuid={self.host_uuid!r}, url={self.url!r}, token='***')"
@@ -90,14 +128,98 @@ class HostConfig:
             return self.uds
         parts = urlsplit(self.url)
         assert parts.hostname is not None
-        return parts.hostname, parts.port or 80
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _fail(source: str, reason: str) -> InvalidHostsFile:
     return InvalidHostsFile(source, reason)
 
 
-def _entry(source: str, host: str, raw: Mapping[str, Any], base: Path | None) -> HostConfig:
+def _path(source: str, where: str, key: str, value: object, base: Path | None) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _fail(source, f"{where}.{key} must be a path")
+    path = Path(value)
+    return base / path if not path.is_absolute() and base is not None else path
+
+
+def _secret_file(source: str, where: str, key: str, path: Path) -> str:
+    """Read a file holding a secret, refusing one that every user of the host can read (or write)."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as exc:
+        raise _fail(source, f"{where}.{key} {path}: {exc.strerror}") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise _fail(source, f"{where}.{key} {path} is readable or writable by every user "
+                            f"(mode {stat.filemode(mode)}): chmod 600 {path}")
+    return text
+
+
+def _token(source: str, where: str, raw: Mapping[str, Any], base: Path | None, required: bool) -> str | None:
+    token = raw.get("token")
+    token_file = raw.get("token_file")
+    if token is not None and token_file is not None:
+        raise _fail(source, f"{where}: give token or token_file, not both")
+    if token_file is not None:
+        token = _secret_file(source, where, "token_file", _path(source, where, "token_file", token_file, base)).strip()
+    if token is None and not required:
+        return None
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+        raise _fail(source, f"{where}: a token of at least {MIN_TOKEN_LENGTH} characters is required "
+                            f"(make one: {_MAKE_TOKEN})")
+    if any(c.isspace() for c in token) or not token.isprintable():
+        raise _fail(source, f"{where}: the token must be printable and contain no whitespace")
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        raise _fail(source, f"{where}: the token is too weak ({len(set(token))} distinct characters, at least "
+                            f"{MIN_TOKEN_DISTINCT} are needed; make one: {_MAKE_TOKEN})")
+    return token
+
+
+def _vip_ranges(source: str, where: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise _fail(source, f"{where}.vip_ranges must be a non-empty list of networks like \"203.0.113.0/24\"")
+    out = []
+    for text in value:
+        try:
+            out.append(ipaddress.ip_network(text, strict=True).compressed)
+        except ValueError as exc:
+            raise _fail(source, f"{where}.vip_ranges: {text!r} is not a network ({exc})") from None
+    return tuple(out)
+
+
+def _tls(source: str, where: str, raw: Mapping[str, Any], base: Path | None, scheme: str, auth: str,
+         side: str) -> dict[str, str | None]:
+    """The TLS files of one entry, checked for the side that reads them (``agent`` or ``control``)."""
+    given = {k: str(_path(source, where, k, raw[k], base)) for k in _TLS_FILES if raw.get(k) is not None}
+    if scheme != "https":
+        if given:
+            raise _fail(source, f"{where}: {', '.join(sorted(given))} need an https:// url (the url is {scheme}://)")
+        if auth == "mtls":
+            raise _fail(source, f"{where}: auth = 'mtls' needs an https:// url")
+        return {}
+    needed = {"agent": ["tls_cert", "tls_key"] + (["client_ca"] if auth == "mtls" else []),
+              "control": ["client_cert", "client_key"] if auth == "mtls" else []}[side]
+    missing = [k for k in needed if k not in given]
+    if missing:
+        what = "serve https" if side == "agent" else "present a client certificate (auth = 'mtls')"
+        raise _fail(source, f"{where}: an https:// url cannot be honoured: {', '.join(missing)} "
+                            f"required to {what}")
+    # Each side checks only the files it reads: one file may serve both, and the control plane has
+    # no business with (and no access to) an agent's private key, nor an agent with the client's.
+    mine = {"agent": ("tls_cert", "tls_key", "client_ca"), "control": ("ca_file", "client_cert", "client_key")}[side]
+    for key, path in given.items():
+        if key not in mine:
+            continue
+        if key in ("tls_key", "client_key"):
+            _secret_file(source, where, key, Path(path))
+        elif not Path(path).is_file():
+            raise _fail(source, f"{where}.{key} {path}: no such file")
+    return dict(given)
+
+
+def _entry(source: str, host: str, raw: Mapping[str, Any], base: Path | None, side: str = "control") -> HostConfig:
     where = f"hosts.{host}"
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
@@ -120,24 +242,12 @@ def _entry(source: str, host: str, raw: Mapping[str, Any], base: Path | None) ->
     else:
         raise _fail(source, f"{where}.url: {url!r} must start with http://, https:// or unix://")
 
-    token = raw.get("token")
-    token_file = raw.get("token_file")
-    if token is not None and token_file is not None:
-        raise _fail(source, f"{where}: give token or token_file, not both")
-    if token_file is not None:
-        if not isinstance(token_file, str):
-            raise _fail(source, f"{where}.token_file must be a path")
-        path = Path(token_file)
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise _fail(source, f"{where}.token_file {path}: {exc.strerror}") from None
-    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
-        raise _fail(source, f"{where}: a token of at least {MIN_TOKEN_LENGTH} characters is required")
-    if any(c.isspace() for c in token) or not token.isprintable():
-        raise _fail(source, f"{where}: the token must be printable and contain no whitespace")
+    auth = raw.get("auth", "token")
+    if auth not in AUTH_MODES:
+        raise _fail(source, f"{where}.auth: {auth!r} is not one of {', '.join(AUTH_MODES)}")
+    token = _token(source, where, raw, base, required=auth == "token")
+    tls = _tls(source, where, raw, base, parts.scheme, auth, side)
+    vip_ranges = _vip_ranges(source, where, raw.get("vip_ranges"))
 
     announce = raw.get("announce", "address")
     if announce not in ANNOUNCE_MODES:
@@ -172,11 +282,26 @@ def _entry(source: str, host: str, raw: Mapping[str, Any], base: Path | None) ->
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
             raise _fail(source, f"{where}.{key}: {value!r} must be a number of seconds in (0, 3600]")
         numbers[key] = float(value)
-    return HostConfig(host_uuid, url, token, namespace, iface, announce, table, **numbers, state_dir=state_dir)
+    return HostConfig(
+        host_uuid, url, token, namespace, iface, announce, table, timeout=numbers["timeout"],
+        connect_timeout=numbers["connect_timeout"], nft_timeout=numbers["nft_timeout"], auth=auth,
+        vip_ranges=vip_ranges, tls_cert=tls.get("tls_cert"), tls_key=tls.get("tls_key"), ca_file=tls.get("ca_file"),
+        client_ca=tls.get("client_ca"), client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),
+        state_dir=state_dir,
+    )
 
 
-def parse_hosts(data: Mapping[str, Any], source: str = "<memory>", base: Path | None = None) -> dict[str, HostConfig]:
-    """Validate a parsed hosts document; returns ``{host_uuid: HostConfig}``."""
+def parse_hosts(data: Mapping[str, Any], source: str = "<memory>", base: Path | None = None, *,
+                host: str | None = None) -> dict[str, HostConfig]:
+    """Validate a parsed hosts document; returns ``{host_uuid: HostConfig}``.
+
+    Args:
+        data: the parsed TOML.
+        source: the file's name, for messages.
+        base: where relative paths (``token_file``, TLS files) are relative to.
+        host: read as that host's agent: only its entry is checked and returned (other entries
+            may lack tokens, or be absent), with the agent's TLS requirements.
+    """
     unknown = sorted(set(data) - {"defaults", "hosts"})
     if unknown:
         raise _fail(source, f"unknown top-level key(s) {', '.join(unknown)} (allowed: defaults, hosts)")
@@ -186,22 +311,41 @@ def parse_hosts(data: Mapping[str, Any], source: str = "<memory>", base: Path | 
         raise _fail(source, "[defaults] must be a table")
     if not isinstance(hosts, dict) or not hosts:
         raise _fail(source, "needs at least one [hosts.\"HOST-UUID\"] table")
+    if host is not None:
+        if host not in hosts:
+            raise _fail(source, f"host {host!r} is not in it (known: {', '.join(sorted(hosts))})")
+        hosts = {host: hosts[host]}
     out: dict[str, HostConfig] = {}
-    for host, raw in hosts.items():
+    for name, raw in hosts.items():
         if not isinstance(raw, dict):
-            raise _fail(source, f"hosts.{host} must be a table")
-        entry = _entry(source, host, {**defaults, **raw}, base)
+            raise _fail(source, f"hosts.{name} must be a table")
+        entry = _entry(source, name, {**defaults, **raw}, base, side="control" if host is None else "agent")
         out[entry.host_uuid] = entry
     return out
 
 
-def load_hosts(path: str | Path) -> dict[str, HostConfig]:
-    """Read and validate a hosts file (relative ``token_file`` paths are relative to it)."""
+def load_hosts(path: str | Path, *, host: str | None = None) -> dict[str, HostConfig]:
+    """Read and validate a hosts file (relative paths in it are relative to it).
+
+    With ``host``, read it as that host's agent does: only its own entry (see :func:`parse_hosts`).
+    """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        mode = path.stat().st_mode
     except OSError as exc:
         raise _fail(str(path), exc.strerror or str(exc)) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _fail(str(path), f"not valid TOML: {exc}") from None
-    return parse_hosts(data, str(path), path.parent)
+    hosts = parse_hosts(data, str(path), path.parent, host=host)
+    if mode & stat.S_IROTH and _inline_tokens(data):
+        log.warning("agent.token_file_readable", path=str(path), mode=stat.filemode(mode),
+                    hint="every user can read the tokens in it: chmod 600, or use token_file")
+    return hosts
+
+
+def _inline_tokens(data: Mapping[str, Any]) -> bool:
+    tables = [data.get("defaults", {}), *(data.get("hosts") or {}).values()]
+    return any(isinstance(t, dict) and "token" in t for t in tables)

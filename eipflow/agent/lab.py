@@ -245,6 +245,7 @@ class Topology:
             lines += [f'[hosts."{host}"]', f'url = "unix://{self.socket(host)}"', f'token = "{self.token}"',
                       f'state_dir = "{workdir / ("state-" + host)}"', ""]
         self.hosts_file.write_text("\n".join(lines))
+        self.hosts_file.chmod(0o600)  # it holds tokens
 
     def socket(self, host: str) -> Path:
         return self.workdir / f"{host}.sock"
@@ -271,8 +272,12 @@ class Topology:
         return proc
 
     # -- agents --------------------------------------------------------------------------------
-    def start_agent(self, host: str, *, hold_fifo: Path | None = None, timeout: float = 20.0) -> None:
-        """Start ``eipflow agent`` for ``host`` in its namespace and wait until /healthz answers."""
+    def start_agent(self, host: str, *, hold_fifo: Path | None = None, timeout: float = 20.0,
+                    config: Path | None = None) -> None:
+        """Start ``eipflow agent`` for ``host`` in its namespace and wait until /healthz answers.
+
+        ``config``: the agent's own hosts file (default: the control plane's, which has every token).
+        """
         env = dict(os.environ)
         env.pop("EIPFLOW_AGENT_HOLD_FIFO", None)
         if hold_fifo is not None:
@@ -281,7 +286,7 @@ class Topology:
         try:
             proc = self.lab.spawn(
                 self.hosts[host],
-                [*_eipflow(), "--log-format", "json", "-v", "agent", "--config", str(self.hosts_file),
+                [*_eipflow(), "--log-format", "json", "-v", "agent", "--config", str(config or self.hosts_file),
                  "--host", host],
                 env=env, stdout=subprocess.DEVNULL, stderr=log,
             )

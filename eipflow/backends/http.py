@@ -7,7 +7,7 @@ the agent answers 200                           done
 no answer in time, connection dropped mid-call  :class:`~eipflow.BackendTimeout` (maybe applied)
 connection refused (nothing was sent)           :class:`~eipflow.BackendError`, retryable
 409 (the host has seen a newer generation)       :class:`~eipflow.StaleGeneration` (superseded, never retried)
-401 / 413 / 421 / 422                           :class:`~eipflow.BackendError`, not retryable
+401 / 403 / 413 / 421 / 422                     :class:`~eipflow.BackendError`, not retryable
 502 (the agent's backend failed)                :class:`~eipflow.BackendError`, as the agent says
 504 (the agent's nft timed out)                 :class:`~eipflow.BackendTimeout`
 =============================================  =============================================
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, fields
@@ -30,8 +31,9 @@ import httpcore
 import httpx
 import structlog
 
+from .. import validation as v
 from ..agent.config import HostConfig, load_hosts
-from ..errors import BackendError, BackendTimeout, InvalidInput, StaleGeneration
+from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 
 __all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
@@ -83,14 +85,28 @@ class HttpAgentBackend:
         self._call("revoke", spec)
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
-        """What the agents report as realized (every configured host, or one)."""
-        hosts = [host_uuid] if host_uuid is not None else sorted(self.hosts)
+        """What the agents report as realized (every configured host, or one).
+
+        Raises:
+            BackendError: an agent could not be asked (the first one; see :meth:`rules_by_host`).
+        """
         out: list[EipSpec] = []
+        for got in self.rules_by_host(host_uuid).values():
+            if isinstance(got, BackendError):
+                raise got
+            out.extend(got)
+        return out
+
+    def rules_by_host(self, host_uuid: str | None = None) -> dict[str, list[EipSpec] | BackendError]:
+        """Each host's rules, or the error that kept its agent from answering: one dead agent hides no other."""
+        hosts = [host_uuid] if host_uuid is not None else sorted(self.hosts)
+        out: dict[str, list[EipSpec] | BackendError] = {}
         for host in hosts:
-            response = self._request(host, "GET", "/v1/rules", None, "rules")
-            for item in response.json().get("rules", []):
-                text = {f.name: str(item[f.name]) for f in fields(EipSpec) if f.name != "generation"}
-                out.append(EipSpec(**text, generation=int(item.get("generation", 0))))
+            try:
+                out[host] = _specs(host, self._request(host, "GET", "/v1/rules", None, "rules"))
+            except BackendError as exc:
+                log.warning("agent.unreachable", host_uuid=host, error=str(exc))
+                out[host] = exc
         return out
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -101,14 +117,7 @@ class HttpAgentBackend:
         with self._lock:
             client = self._clients.get(host)
             if client is None:
-                transport = _UnixTransport(config.uds) if config.uds else None
-                client = httpx.Client(
-                    base_url=config.base_url,
-                    transport=transport,
-                    timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-                    headers={"Authorization": f"Bearer {config.token}"},
-                    follow_redirects=False,
-                )
+                client = _new_client(config)
                 self._clients[host] = client
         return config, client
 
@@ -147,8 +156,37 @@ class HttpAgentBackend:
             raise _stale(response, host, body)
         if response.status_code == 401:
             raise BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
+        if response.status_code == 403:
+            field, reason = _detail(response, "field"), _detail(response, "reason")
+            raise AddressNotAllowed(host, field or "address", _address_of(body, field), reason or message)
         raise BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
                            retryable=response.status_code >= 500)
+
+
+def _new_client(config: HostConfig) -> httpx.Client:
+    """The pooled client for one agent.
+
+    ``trust_env=False``: ``HTTP(S)_PROXY``, ``ALL_PROXY``, ``SSL_CERT_FILE`` and ``.netrc`` are never
+    read for agent traffic — a proxy variable set for some other tool must not receive a bearer
+    token. TLS is verified against the entry's ``ca_file`` (else the system's CAs); with
+    ``auth = "mtls"`` the client certificate is presented and no token is sent.
+    """
+    transport: httpx.BaseTransport | None = _UnixTransport(config.uds) if config.uds else None
+    verify: ssl.SSLContext | bool = True
+    if config.tls:
+        verify = ssl.create_default_context(cafile=config.ca_file)
+        if config.client_cert is not None:
+            verify.load_cert_chain(config.client_cert, config.client_key)
+    headers = {"Authorization": f"Bearer {config.token}"} if config.auth == "token" else {}
+    return httpx.Client(
+        base_url=config.base_url,
+        transport=transport,
+        timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+        headers=headers,
+        follow_redirects=False,
+        trust_env=False,
+        verify=verify,
+    )
 
 
 class _SocketStream(httpcore.NetworkStream):
@@ -235,6 +273,34 @@ def _stale(response: httpx.Response, host: str, body: dict[str, Any] | None) -> 
         int(data.get("requested_generation", sent.get("generation", 0))),
         int(data.get("current_generation", 0)), str(data.get("reason", "older")),
     )
+
+
+def _specs(host: str, response: httpx.Response) -> list[EipSpec]:
+    """The rules an agent listed, addresses in canonical form (so they compare equal to the rows')."""
+    try:
+        specs = []
+        for item in response.json().get("rules", []):
+            data = {f.name: str(item[f.name]) for f in fields(EipSpec) if f.name != "generation"}
+            data["vip"] = v.canonical_address("vip", data["vip"])
+            data["guest_ip"] = v.canonical_address("guest_ip", data["guest_ip"])
+            specs.append(EipSpec(**data, generation=int(item.get("generation", 0))))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # InvalidAddress is a ValueError
+        raise BackendError(f"rules: the agent of host {host} sent an unreadable rule list ({exc})") from exc
+    return specs
+
+
+def _detail(response: httpx.Response, key: str) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _address_of(body: dict[str, Any] | None, field: str | None) -> str:
+    value = (body or {}).get(field or "")
+    return value if isinstance(value, str) else "?"
 
 
 def _message(response: httpx.Response) -> str:

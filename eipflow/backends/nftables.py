@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 
 from .. import validation as v
-from ..errors import BackendError, BackendTimeout, InvalidInput
+from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
 from .fencing import HostRecord, decide, record_after
 
@@ -150,36 +150,109 @@ class NftablesBackend:
     def apply(self, spec: EipSpec) -> None:
         """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction.
 
+        If a step after the nft transaction fails (the VIP's address), the transaction's rules are
+        taken back before the error is raised.
+
         Raises:
             StaleGeneration: the host has seen a newer generation of this EIP (nothing changed).
+            AddressNotAllowed: the VIP or guest IP is one of the host's own or its gateway's.
         """
-        spec = self._check(spec)
+        spec = self._check(spec, creating=True)
         started = time.perf_counter()
         with self._lock:
-            owned = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid]
+            every = self._owned()
+            owned = [r for r in every if r.eip_uuid == spec.eip_uuid]
             record = self._record(spec.eip_uuid, owned)
             decision = decide(record, "apply", spec)
+            self._refuse_host_addresses(spec, {r.vip for r in every if r.role == "dnat" and r.vip})
             self._remember(spec.eip_uuid, record_after(record, decision, spec))  # intent before action
             commands = self._skeleton()
             commands += [self._delete(r) for r in owned]
             commands += self._add_rules(spec)
             self._nft_apply(commands)
             if self.announce == "address":
-                stale = {r.vip for r in owned if r.vip and r.vip != spec.vip}
-                for vip in stale:
-                    self._address(vip, present=False)
-                self._address(spec.vip, present=True)
+                try:
+                    stale = {r.vip for r in owned if r.vip and r.vip != spec.vip}
+                    for vip in stale:
+                        self._address(vip, present=False)
+                    self._address(spec.vip, present=True)
+                except BackendError:
+                    self._undo(spec)
+                    raise
         log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
                  guest_ip=spec.guest_ip, generation=spec.generation, replaced=len(owned), repeat=decision.same,
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
+    def _refuse_host_addresses(self, spec: EipSpec, our_vips: set[str]) -> None:
+        """Refuse to DNAT or announce the host's own addresses or its gateways' (before anything changes).
+
+        The VIPs eipflow itself put on the public interface are not the host's own: those of its rules,
+        and (with ``announce="address"``) any /32 or /128 there, which is how eipflow adds a VIP, so a
+        VIP whose rules were lost while its address stayed can be re-applied.
+        """
+        own = self._host_addresses() - our_vips
+        gateways = self._gateways()
+        for field, addr in (("vip", spec.vip), ("guest_ip", spec.guest_ip)):
+            if addr in own:
+                raise AddressNotAllowed(self.host_uuid, field, addr, "it is an address of this host")
+            if addr in gateways:
+                raise AddressNotAllowed(self.host_uuid, field, addr, "it is this host's gateway")
+
+    def _ip_json(self, *argv: str) -> list[Any]:
+        done = self._run([self.ip, "-j", *argv])
+        if done.returncode != 0:
+            raise BackendError(f"ip {' '.join(argv)} failed on host {self.host_uuid}: {_first_line(done.stderr)}")
+        try:
+            data = json.loads(done.stdout or "[]")
+        except ValueError as exc:
+            raise BackendError(f"ip {' '.join(argv)} printed unreadable JSON on host {self.host_uuid}") from exc
+        return data if isinstance(data, list) else []
+
+    def _host_addresses(self) -> set[str]:
+        found = set()
+        for link in self._ip_json("addr", "show"):
+            for a in link.get("addr_info", []) if isinstance(link, dict) else []:
+                if not isinstance(a, dict) or not isinstance(a.get("local"), str):
+                    continue
+                announced = (self.announce == "address" and link.get("ifname") == self.public_interface
+                             and a.get("prefixlen") in (32, 128))
+                if not announced:
+                    found.add(v.canonical_address("local", a["local"]))
+        return found
+
+    def _gateways(self) -> set[str]:
+        found = set()
+        for family in ("-4", "-6"):
+            for route in self._ip_json(family, "route", "show", "default"):
+                if isinstance(route, dict) and isinstance(route.get("gateway"), str):
+                    found.add(v.canonical_address("gateway", route["gateway"]))
+        return found
+
+    def _undo(self, spec: EipSpec) -> None:
+        """After a failed second step, take back the rules the apply's transaction just committed.
+
+        The caller then sees a failed apply with nothing of it left behind. Best effort: if even
+        this fails, the runner's revoke (a newer generation) removes every rule of the EIP on the host.
+        """
+        try:
+            mine = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid and r.generation == spec.generation]
+            if mine:
+                self._nft_apply([self._delete(r) for r in mine])
+        except BackendError as exc:
+            log.warning("nft.undo_failed", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, error=str(exc))
+            return
+        log.warning("nft.apply_undone", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(mine))
+
     def revoke(self, spec: EipSpec) -> None:
         """Remove this EIP's rules from the host, unless they are newer than ``spec``; absent rules are fine.
+
+        Addresses are only checked for syntax (and a zone ID dropped, as nft did), so a rule written
+        before the address-class rules existed can still be removed.
 
         Raises:
             StaleGeneration: the host holds a newer generation of this EIP (nothing changed).
         """
-        spec = self._check(spec)
+        spec = self._check(spec, creating=False)
         started = time.perf_counter()
         with self._lock:
             rules = self._owned()
@@ -252,13 +325,16 @@ class NftablesBackend:
         return out
 
     # -- building the transaction -------------------------------------------------------------
-    def _check(self, spec: EipSpec) -> EipSpec:
+    def _check(self, spec: EipSpec, *, creating: bool) -> EipSpec:
+        address = v.ip_address if creating else v.canonical_address
         try:
             eip = v.eip_uuid(spec.eip_uuid)
-            vip = v.ip_address("vip", spec.vip)
-            guest = v.ip_address("guest_ip", spec.guest_ip)
+            vip = address("vip", spec.vip)
+            guest = address("guest_ip", spec.guest_ip)
             nic = v.opaque_id("vm_nic_uuid", spec.vm_nic_uuid)
             host = v.opaque_id("host_uuid", spec.host_uuid)
+            if creating:
+                v.address_pair(vip, guest)
         except InvalidInput as exc:
             raise BackendError(f"refusing an invalid spec: {exc}", retryable=False) from exc
         if host != self.host_uuid:

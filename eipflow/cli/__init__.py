@@ -9,11 +9,12 @@ import click
 
 from ..errors import AttachFailed, ConflictError, EipflowError, InvalidInput, NotFound
 from . import agent, db, demo, diagram, eips, flows, simulate, work
-from ._context import State, pass_state, setup_logging
+from ._context import EXIT_PARTIAL, State, pass_state, safe_text, setup_logging
 
-__all__ = ["EXIT_CODES", "cli", "main"]
+__all__ = ["EXIT_CODES", "EXIT_PARTIAL", "cli", "main"]
 
-#: exit codes by error family (documented in the README)
+#: exit codes by error family (documented in docs/errors.md); 1 for any other eipflow error (database,
+#: backend), 6 (:data:`EXIT_PARTIAL`) when some hosts were handled and others could not be reached
 EXIT_CODES: dict[type[EipflowError], int] = {
     InvalidInput: 2,
     NotFound: 3,
@@ -50,7 +51,10 @@ for module in (eips, flows, demo, diagram, work, db, simulate, agent):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success, non-zero with one line on stderr otherwise)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="eipflow", standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code a command passed to ctx.exit().
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="eipflow", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         return int(exc.exit_code)
     except EipflowError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(safe_text(f"error: {exc}"), err=True)
         for family, code in EXIT_CODES.items():
             if isinstance(exc, family):
                 return code

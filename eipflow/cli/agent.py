@@ -6,8 +6,6 @@ import os
 
 import click
 
-from ..errors import InvalidInput
-
 #: test hook: see eipflow.agent.app.create_app(hold_fifo=...)
 HOLD_FIFO_ENV = "EIPFLOW_AGENT_HOLD_FIFO"
 
@@ -26,9 +24,8 @@ def agent_command(config_path: str, host_uuid: str, listen: str | None) -> None:
         raise click.ClickException(f"the agent needs the 'agent' extra: pip install 'eipflow[agent]' ({exc})") from None
     from ..agent.config import load_hosts
 
-    hosts = load_hosts(config_path)
-    if host_uuid not in hosts:
-        raise InvalidInput(f"host {host_uuid!r} is not in {config_path} (known: {', '.join(sorted(hosts))})")
+    # Only this host's entry is read: the file need hold no other host's token.
+    hosts = load_hosts(config_path, host=host_uuid)
     serve(hosts[host_uuid], listen=listen, hold_fifo=os.environ.get(HOLD_FIFO_ENV) or None)
 
 

@@ -53,14 +53,28 @@ def current_cmd(state: State) -> None:
         current = schema_revision(engine)
     finally:
         engine.dispose()
-    data = {"url": redacted(url), "current": current, "head": HEAD, "up_to_date": current == HEAD}
+    known = current is None or current in known_revisions()
+    data = {"url": redacted(url), "current": current, "head": HEAD, "up_to_date": current == HEAD, "known": known}
     if current is None:
         text = f"{redacted(url)}: no eipflow schema (run: eipflow db upgrade); head is {HEAD}"
     elif current == HEAD:
         text = f"{redacted(url)}: {current} (head)"
+    elif not known:
+        # Written by a newer eipflow: `db upgrade` cannot help (it knows no way forward from there).
+        text = (f"{redacted(url)}: {current} is newer than this eipflow knows (its head is {HEAD}); "
+                f"upgrade eipflow itself to use this database")
     else:
         text = f"{redacted(url)}: {current} (head is {HEAD}; run: eipflow db upgrade)"
     emit(state, data, text)
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision this eipflow's migration scripts define."""
+    from alembic.script import ScriptDirectory
+
+    from ..store.migrations import alembic_config
+
+    return frozenset(s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
 
 
 def register(root: click.Group) -> None:

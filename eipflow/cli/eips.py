@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import click
 
+from ..validation import printable
 from ..values import Eip, TransitionRecord
 from ._context import State, emit, pass_state
 
@@ -42,6 +43,7 @@ def history_text(records: list[TransitionRecord]) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]  # escaped before measuring, so columns still line up
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..values import Eip
-from ._context import State, emit, pass_state
+from ._context import State, emit, exit_partial, pass_state
+from ._partial import rules_per_host
 from .eips import _table, show_text
 
 _OP = click.option("--op-id", default=None, help="idempotency key: a repeated call with it does the work once")
@@ -91,8 +92,8 @@ def dataplane_group() -> None:
 @click.option("--host", default=None)
 @pass_state
 def dataplane_list(state: State, host: str | None) -> None:
-    """Rules the backend reports as realized."""
-    rules = state.flow.dataplane(host)
+    """Rules the backend reports as realized (exit 6 when some hosts could not be asked)."""
+    rules, hosts = rules_per_host(state.flow, host)
     rows = [("HOST", "EIP", "VIP", "GUEST IP", "NIC")]
     rows += [(r.host_uuid, r.eip_uuid, r.vip, r.guest_ip, r.vm_nic_uuid) for r in rules]
     emit(
@@ -101,6 +102,9 @@ def dataplane_list(state: State, host: str | None) -> None:
           "vm_nic_uuid": r.vm_nic_uuid} for r in rules],
         _table(rows) if rules else "no rules",
     )
+    unreachable = {h: why for h, why in hosts.items() if why is not None}
+    if unreachable:
+        exit_partial(unreachable, len(hosts))
 
 
 def register(root: click.Group) -> None:

@@ -7,7 +7,8 @@ import click
 from ..reconcile import Reconciler, ReconcileReport
 from ..values import WorkItem
 from ..worker import Worker
-from ._context import State, emit, pass_state
+from ._context import State, emit, exit_partial, pass_state
+from ._partial import tolerant_flow
 from .eips import _table
 
 STATUSES = ("pending", "running", "done", "parked", "cancelled")
@@ -90,9 +91,24 @@ def _report_text(report: ReconcileReport) -> str:
 @click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
 @pass_state
 def reconcile(state: State, host: str | None, dry_run: bool) -> None:
-    """Re-drive stuck in-flight work and repair dataplane drift both ways."""
-    report = Reconciler(state.flow).run(host, dry_run=dry_run)
-    emit(state, report.to_dict(), _report_text(report))
+    """Re-drive stuck in-flight work and repair dataplane drift both ways.
+
+    A host whose agent cannot be reached is reported and left alone; the others are repaired,
+    and the exit code is 6 (partial).
+    """
+    flow, view = tolerant_flow(state.flow)
+    report = Reconciler(flow).run(host, dry_run=dry_run)
+    data = report.to_dict()
+    text = _report_text(report)
+    if view is not None:
+        hosts = {h: view.unreachable.get(h) for h in view.asked}
+        data["hosts"] = {h: {"reachable": why is None, "error": why} for h, why in hosts.items()}
+        lines = [f"host {h}: unreachable, its rules were not checked and nothing was repaired there: {why}"
+                 for h, why in hosts.items() if why is not None]
+        text = "\n".join([text, *lines])
+    emit(state, data, text)
+    if view is not None and view.unreachable:
+        exit_partial(view.unreachable, len(view.asked))
 
 
 def register(root: click.Group) -> None:

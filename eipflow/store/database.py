@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 import structlog
@@ -28,6 +30,8 @@ __all__ = [
     "resolve_url",
     "retry_transient",
     "schema_revision",
+    "scrubbed",
+    "secrets",
     "transient_retries",
     "translate_errors",
     "upgrade_schema",
@@ -62,12 +66,61 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("EIPFLOW_DB") or DEFAULT_URL
 
 
+#: query parameters whose value is a secret (psycopg's ``password``, PyMySQL's ``passwd``, ``sslpassword``, …)
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|cred|auth", re.IGNORECASE)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+UNPARSEABLE = "<unparseable database URL, not shown>"
+
+
+def _text(url: str | URL) -> str:
+    return url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+
+
 def redacted(url: str | URL) -> str:
-    """The URL without its password, safe for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given, it has no parsed password
-        return str(url)
+    """The URL without any secret, safe for messages and logs.
+
+    Works on the text, not on a parse (a URL SQLAlchemy cannot parse is just as likely to hold a
+    password): everything between ``user:`` and the *last* ``@`` before the query is hidden, as is
+    the value of every query parameter whose name looks like a secret (``password=``, ``passwd=``,
+    ``sslpassword=``, ``…token=``). Text that does not even start with ``scheme://`` is not shown.
+    """
+    text = _text(url)
+    if not _SCHEME.match(text):
+        return UNPARSEABLE
+    scheme, _, rest = text.partition("://")
+    location, sep, query = rest.partition("?")
+    userinfo, at, hostpart = location.rpartition("@")
+    if at and ":" in userinfo:
+        location = f"{userinfo.partition(':')[0]}:***@{hostpart}"
+    if sep:
+        query = "&".join(
+            f"{k}{eq}{'***' if val and _SECRET_KEY.search(k) else val}"
+            for k, eq, val in (p.partition("=") for p in query.split("&"))
+        )
+    return f"{scheme}://{location}{sep}{query}"
+
+
+def secrets(url: str | URL) -> list[str]:
+    """The secret parts of ``url`` (password, secret query values), raw and percent-decoded, longest first."""
+    text = _text(url)
+    found: set[str] = set()
+    rest = text.partition("://")[2] or text
+    location, _, query = rest.partition("?")
+    userinfo, at, _ = location.rpartition("@")
+    if at and ":" in userinfo:
+        found.add(userinfo.partition(":")[2])
+    for key, _, value in (p.partition("=") for p in query.split("&") if p):
+        if _SECRET_KEY.search(key):
+            found.add(value)
+    found |= {unquote(s) for s in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrubbed(message: str, url: str | URL) -> str:
+    """``message`` with every secret of ``url`` replaced by ``***`` (driver messages may quote the URL)."""
+    for secret in secrets(url):
+        message = message.replace(secret, "***")
+    return message
 
 
 def create_db_engine(url: str | None = None, **kwargs: Any) -> Engine:
@@ -81,10 +134,14 @@ def create_db_engine(url: str | None = None, **kwargs: Any) -> Engine:
     See ``docs/databases.md`` for the rationale.
     """
     text = resolve_url(url)
+    userinfo = text.partition("://")[2].partition("?")[0].rpartition("@")[0]
+    if ":" in userinfo and "@" in userinfo:
+        # SQLAlchemy would split at the first '@' and hand the rest of the password to DNS as a host name.
+        raise DatabaseError(redacted(text), "more than one '@' before the host: write an '@' in the password as %40")
     try:
         parsed = make_url(text)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError here
-        raise DatabaseError(redacted(text), f"not a database URL ({exc})") from None
+        raise DatabaseError(redacted(text), f"not a database URL ({scrubbed(str(exc), text)})") from None
     backend = parsed.get_backend_name()
     options: dict[str, Any] = {}
     if backend == "sqlite":
@@ -95,7 +152,7 @@ def create_db_engine(url: str | None = None, **kwargs: Any) -> Engine:
     try:
         engine = sa.create_engine(parsed, **options)
     except Exception as exc:  # noqa: BLE001 - missing driver modules surface as many types
-        raise DatabaseError(redacted(parsed), f"cannot create engine: {exc}") from None
+        raise DatabaseError(redacted(parsed), f"cannot create engine: {scrubbed(str(exc), parsed)}") from None
     if backend == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -159,25 +216,37 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        err = DatabaseError(redacted(engine.url), _short(exc, engine.url.password))
+        err = DatabaseError(redacted(engine.url), _short(exc, engine.url))
         err.transient = is_transient(exc)
         raise err from exc
     except sa.exc.DBAPIError as exc:
+        if _not_a_database(exc):
+            err = DatabaseError(redacted(engine.url), f"the file is not an SQLite database ({_short(exc, engine.url)})")
+            err.retryable = False
+            raise err from exc
         # Some drivers report deadlocks as other DBAPI classes; everything else is not ours to translate.
         if not is_transient(exc):
             raise
-        err = DatabaseError(redacted(engine.url), _short(exc, engine.url.password))
+        err = DatabaseError(redacted(engine.url), _short(exc, engine.url))
         err.transient = True
         raise err from exc
 
 
-def _short(exc: BaseException, password: str | None = None) -> str:
+#: SQLite's result code for "file is not a database" (a text file, an encrypted or truncated database)
+SQLITE_NOTADB = 26
+
+
+def _not_a_database(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    return getattr(orig, "sqlite_errorcode", None) == SQLITE_NOTADB or "file is not a database" in str(orig)
+
+
+def _short(exc: BaseException, url: URL | None = None) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip()
     reason = text.splitlines()[0] if text else type(orig).__name__
-    if password:  # drivers do not echo passwords today; make sure no message ever does
-        reason = reason.replace(str(password), "***")
-    return reason
+    # drivers do not echo passwords today; make sure no message ever does
+    return scrubbed(reason, url) if url is not None else reason
 
 
 def retry_transient(fn: Callable[P, T]) -> Callable[P, T]:

@@ -258,6 +258,10 @@ class Store:
         with translate_errors(self.engine), self._read() as conn:
             return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.guest_ip == guest_ip)).scalar()
 
+    def holder_of_vip(self, vip: str) -> str | None:
+        with translate_errors(self.engine), self._read() as conn:
+            return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.vip == vip)).scalar()
+
     def history(self, uuid: str) -> list[TransitionRecord]:
         with translate_errors(self.engine), self._read() as conn:
             return [_record(r) for r in conn.execute(self._select_history, {"u": uuid})]

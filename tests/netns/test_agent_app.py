@@ -254,6 +254,7 @@ def test_http_backend_unknown_host_is_not_retryable() -> None:
 def test_hosts_file_round_trip(tmp_path: Path) -> None:
     """Defaults merge into entries; token_file is relative to the file; repr hides the token."""
     (tmp_path / "h2.token").write_text(TOKEN + "-two\n")
+    (tmp_path / "h2.token").chmod(0o600)
     path = tmp_path / "hosts.toml"
     path.write_text(
         '[defaults]\npublic_interface = "pub0"\ntimeout = 3\n\n'

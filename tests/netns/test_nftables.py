@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from eipflow import BackendError, StaleGeneration
+from eipflow import AddressNotAllowed, AttachFailed, BackendError, Eipflow, StaleGeneration
 from eipflow.agent.lab import Lab
 from eipflow.backends.nftables import NftablesBackend, parse_rules
 from eipflow.values import EipSpec
@@ -175,7 +176,12 @@ def test_announce_none_needs_no_interface(lab: Lab, host: str) -> None:
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        (spec(guest="2001:db8::1"), "different IP versions"),
+        (spec(guest="2001:db8::1"), r"IPv6 address but the EIP's VIP 203\.0\.113\.100 is IPv4"),
+        (spec(guest="fe80::1%pub0", vip="2001:db8::100"), "zone ID"),
+        (spec(guest="fd00::5", vip="2001:db8::a%x;flush ruleset"), "zone ID"),
+        (spec(guest="127.0.0.1"), "loopback"),
+        (spec(vip="255.255.255.255"), "broadcast"),
+        (spec(vip="203.0.113.100", guest="203.0.113.100"), "own VIP"),
         (EipSpec("not-a-uuid", "203.0.113.1", "nic", "192.0.2.1", HOST), "invalid spec"),
         (EipSpec(str(uuid.uuid4()), "203.0.113.1", "nic", "192.0.2.1", "host-2"), "not host-2"),
         (EipSpec(str(uuid.uuid4()), "203.0.113.1", "nic\n", "192.0.2.1; flush ruleset", HOST), "invalid spec"),
@@ -203,3 +209,103 @@ def test_parse_ignores_unrelated_json() -> None:
     [rule] = parse_rules(items)
     assert (rule.eip_uuid, rule.vip, rule.guest_ip, rule.nic_part, rule.handle) == (
         "abc", "203.0.113.5", "192.0.2.5", "nic", 5)
+
+
+def _failing_ip(tmp_path: Path, verb: str) -> str:
+    """An ``ip`` that fails ``ip addr VERB …`` (as a kernel refusing the address would) and runs the rest."""
+    real = shutil.which("ip")
+    assert real is not None
+    script = tmp_path / "ip"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = addr ] && [ "$2" = {verb} ]; then\n'
+        '  echo "RTNETLINK answers: Operation not permitted" >&2; exit 2\n'
+        'fi\n'
+        f'exec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_apply_whose_address_step_fails_leaves_nothing_behind(lab: Lab, host: str, tmp_path: Path, v6: bool) -> None:
+    """nft commits the rules, then ``ip addr add`` fails: the apply takes its rules back before it raises."""
+    nft = NftablesBackend(HOST, public_interface="pub0", namespace=host, ip=_failing_ip(tmp_path, "add"))
+    s = spec(vip="2001:db8::100", guest="2001:db8:1::10") if v6 else spec()
+    before = (kernel_rules(lab, host), addresses(lab, host))
+    with pytest.raises(BackendError, match=r"ip addr add .* failed"):
+        nft.apply(s)
+    assert (kernel_rules(lab, host), addresses(lab, host)) == before == ([], before[1])
+    nft.revoke(s)  # what the runner's rollback does: finds nothing, fails nothing
+    assert nft.rules() == []
+
+
+def test_apply_on_a_missing_interface_leaves_nothing_behind(lab: Lab, host: str) -> None:
+    """The public interface is gone (``ip addr show`` fails after the nft commit): no rule is left."""
+    nft = NftablesBackend(HOST, public_interface="pub9", namespace=host)
+    with pytest.raises(BackendError, match="pub9"):
+        nft.apply(spec())
+    assert kernel_rules(lab, host) == []
+
+
+def test_failed_attach_through_the_engine_leaves_the_kernel_clean(lab: Lab, host: str, tmp_path: Path) -> None:
+    """Eipflow + the real backend: the attach rolls back to detached, every work item done, no rule, no address."""
+    nft = NftablesBackend(HOST, public_interface="pub0", namespace=host, ip=_failing_ip(tmp_path, "add"))
+    with Eipflow.open(f"sqlite:///{tmp_path / 'e.db'}", nft) as flow:
+        eip = flow.create_eip("2001:DB8:0::100")
+        with pytest.raises(AttachFailed):
+            flow.attach(eip.uuid, nic="nic-1", guest_ip="2001:db8:1:0::10", vm="vm-1", host=HOST)
+        row = flow.get_eip(eip.uuid)
+        assert (row.state, row.guest_ip, row.vip) == ("detached", None, "2001:db8::100")
+        assert {w.status for w in flow.work_items()} == {"done"}
+    assert kernel_rules(lab, host) == []
+    assert "2001:db8::100" not in addresses(lab, host)
+
+
+def test_revoke_matches_a_rule_whatever_spelling_the_caller_uses(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """Revoke canonicalises (zone dropped, as nft drops it) so a legacy or oddly spelled spec still matches."""
+    s = spec(vip="2001:db8::100", guest="fe80::10")  # link-local guests are refused for apply ...
+    lab.run(host, "ip", "link", "set", "pub0", "up")
+    commands = nft._skeleton() + nft._add_rules(s)  # ... but may exist from before the rule: write it directly
+    nft._nft_apply(commands)
+    assert len(kernel_rules(lab, host)) == 2
+    nft.revoke(spec(s.eip_uuid, vip="2001:DB8::0100", guest="FE80:0::10%pub0"))
+    assert kernel_rules(lab, host) == []
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"vip": "203.0.113.11"}, "vip 203.0.113.11: it is an address of this host"),
+    ({"vip": "203.0.113.1"}, "vip 203.0.113.1: it is this host's gateway"),
+    ({"guest": "203.0.113.11"}, "guest_ip 203.0.113.11: it is an address of this host"),
+    ({"vip": "2001:db8::11", "guest": "fd00::5"}, "vip 2001:db8::11: it is an address of this host"),
+    ({"vip": "2001:db8::1", "guest": "fd00::5"}, "vip 2001:db8::1: it is this host's gateway"),
+])
+def test_the_hosts_own_and_gateway_addresses_are_refused_and_change_nothing(
+    lab: Lab, host: str, nft: NftablesBackend, over: dict[str, str], why: str
+) -> None:
+    """DNAT or announcing the host's own address, or its gateway's, would hijack the host: refused first."""
+    lab.address(host, "pub0", "203.0.113.11/24")
+    lab.run(host, "ip", "link", "set", "pub0", "up")
+    lab.run(host, "ip", "route", "replace", "default", "via", "203.0.113.1")
+    lab.address(host, "pub0", "2001:db8::11/64")
+    lab.run(host, "ip", "-6", "route", "replace", "default", "via", "2001:db8::1", "dev", "pub0")
+    before = (lab.ruleset(host), addresses(lab, host))
+    with pytest.raises(AddressNotAllowed, match=why) as info:
+        nft.apply(spec(**over))
+    assert info.value.retryable is False
+    assert (lab.ruleset(host), addresses(lab, host)) == before
+    mine = spec()
+    nft.apply(mine)  # an ordinary VIP still works, and re-applying it (its address now on pub0) too
+    nft.apply(mine)
+    assert nft.rules() == [mine]
+
+
+def test_a_vip_whose_rules_were_lost_but_whose_address_stayed_is_re_applied(lab: Lab, host: str,
+                                                                           nft: NftablesBackend) -> None:
+    """The announce address (a /32 on pub0) left behind by a flushed table is eipflow's, not the host's own."""
+    s = spec()
+    nft.apply(s)
+    lab.run(host, "nft", "flush", "table", "inet", "eipflow")
+    assert nft.rules() == [] and "203.0.113.100" in addresses(lab, host)
+    nft.apply(s)
+    assert nft.rules() == [s]

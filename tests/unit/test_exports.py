@@ -5,10 +5,10 @@ from __future__ import annotations
 import eipflow
 
 EXPECTED = {
-    "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend", "BackendError", "BackendTimeout", "Clock",
-    "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip", "EipMachine", "EipNotFound", "EipSpec",
-    "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse", "HostRecord", "IllegalTransition",
-    "InMemoryDataplane",
+    "AddressInUse", "AddressNotAllowed", "AsyncEipflow", "AttachFailed", "AttachSuperseded", "Backend",
+    "BackendError", "BackendTimeout", "Clock", "ConflictError", "DEFAULT_LEASE_SECONDS", "DatabaseError", "Eip",
+    "EipMachine", "EipNotFound", "EipSpec", "Eipflow", "EipflowError", "Facts", "Faults", "Gate", "GuestIpInUse",
+    "HostRecord", "IllegalTransition", "InMemoryDataplane",
     "InvalidAddress", "InvalidBackendSpec", "InvalidIdentifier", "InvalidInput", "ListsRules", "ManualClock",
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
     "StaleGeneration", "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm",
