@@ -8,7 +8,7 @@ Variants, measured in the same run, rounds interleaved, median of the rounds:
 
 - ``raw``: the driver (sqlite3 / psycopg / PyMySQL) with versions tracked in memory: UPDATE + INSERT + COMMIT.
 - ``raw+read``: the same plus a ``SELECT`` of the row first (what a caller without a cache must do).
-- ``eipflow write``: ``Runner._plan`` + ``Runner._commit`` (legality, plan, ``Store.commit``, log call) on a row
+- ``eipflow write``: ``Runner._plan`` + ``Store.commit`` + the log call (legality, plan, write) on a row
   snapshot the thread already holds — the write path alone.
 - ``eipflow fire``: ``Runner.fire`` — the public intent path: plan, commit, log, on the driver-level fast
   path (pinned connection; the row this process last wrote is the snapshot the compare-and-swap starts
@@ -162,10 +162,12 @@ def maker(variant: str, target: Target, flow: Any, ids: list[str], workers: int,
             def step() -> None:
                 u = mine[pos[0] % len(mine)]
                 pos[0] += 1
+                started = time.perf_counter()
                 plan = runner._plan(rows[u], "detach", changes)
-                result = runner._commit(plan, time.perf_counter())
+                result = runner.store.commit(plan)
                 if result is None:
                     raise RuntimeError(f"eipflow CAS lost on {u}")
+                runner._log_transition(plan, result, started)
                 rows[u] = result
 
             return step

@@ -9,7 +9,6 @@ import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import structlog
 from sqlalchemy.engine import Engine
 
 from . import validation as v
@@ -29,11 +28,12 @@ from .errors import (
 )
 from .runner import NotApplicable, RetryPolicy, Runner
 from .store import Operations, Store, create_db_engine, ensure_schema, redacted, resolve_url
+from .store.database import sqlite_synchronous_mode
+from .store.fastpath import DEFAULT_ROW_CACHE
 from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Eipflow", "connect"]
 
-log = structlog.get_logger("eipflow.api")
 T = TypeVar("T")
 
 DEFAULT_LEASE_SECONDS = 60.0
@@ -52,6 +52,29 @@ def _lease_from_env() -> float:
     if value <= 0:
         raise InvalidInput(f"EIPFLOW_LEASE_SECONDS: {raw!r} must be positive")
     return value
+
+
+def _fast_path_from_env() -> bool | None:
+    raw = os.environ.get("EIPFLOW_FASTPATH", "").strip()
+    if raw in ("", "1"):
+        return None  # wherever the driver supports it
+    if raw == "0":
+        return False
+    raise InvalidInput(f"EIPFLOW_FASTPATH: {raw!r} must be 0 (SQLAlchemy Core only) or 1")
+
+
+def _row_cache_from_env() -> int:
+    raw = os.environ.get("EIPFLOW_ROW_CACHE", "").strip()
+    if not raw:
+        return DEFAULT_ROW_CACHE
+    if not raw.isdigit():
+        raise InvalidInput(f"EIPFLOW_ROW_CACHE: {raw!r} is not a number of rows (0 turns the row cache off)")
+    return int(raw)
+
+
+def _synchronous_from_env() -> str:
+    raw = os.environ.get("EIPFLOW_SQLITE_SYNCHRONOUS", "FULL")
+    return sqlite_synchronous_mode(raw, "EIPFLOW_SQLITE_SYNCHRONOUS")
 
 
 class Eipflow:
@@ -103,6 +126,9 @@ class Eipflow:
         owner: str | None = None,
         create_schema: bool = True,
         engine: Engine | None = None,
+        fast_path: bool | None = None,
+        row_cache: int | None = None,
+        sqlite_synchronous: str | None = None,
     ) -> Eipflow:
         """Open eipflow on a database URL (default ``$EIPFLOW_DB`` or ``sqlite:///eipflow.db``).
 
@@ -119,14 +145,30 @@ class Eipflow:
             owner: the lease owner name (default host:pid:random).
             create_schema: create missing tables on first use.
             engine: an existing SQLAlchemy engine (``url`` is then ignored).
+            fast_path: run the hot path at driver level (default ``$EIPFLOW_FASTPATH``: ``0`` turns it
+                off; otherwise wherever the driver supports it). Same statements, same results.
+            row_cache: rows remembered for optimistic intents (default ``$EIPFLOW_ROW_CACHE`` or 16384;
+                ``0`` turns the cache off).
+            sqlite_synchronous: SQLite durability, ``OFF``/``NORMAL``/``FULL``/``EXTRA`` (default
+                ``$EIPFLOW_SQLITE_SYNCHRONOUS`` or ``FULL``).
+
+        These are the only settings read from the environment, and only here, as documented defaults:
+        everything below ``open`` takes its settings as parameters.
+
+        Raises:
+            InvalidInput: a setting (or its environment variable) has a value that is not allowed.
         """
-        db = engine or create_db_engine(resolve_url(url))
+        cache = _row_cache_from_env() if row_cache is None else row_cache
+        fast = _fast_path_from_env() if fast_path is None else fast_path
+        synchronous = _synchronous_from_env() if sqlite_synchronous is None else sqlite_synchronous
+        db = engine or create_db_engine(resolve_url(url), sqlite_synchronous=synchronous)
         if create_schema:
             ensure_schema(db)
         if backend is None:
             backend = os.environ.get("EIPFLOW_BACKEND") or None
         chosen: Backend = load_backend(backend) if isinstance(backend, str) else (backend or SimulatedDataplane())
-        return cls(Store(db, clock or SystemClock()), chosen, lease_seconds=lease_seconds, retry=retry, owner=owner)
+        store = Store(db, clock or SystemClock(), fast_path=fast, row_cache=cache)
+        return cls(store, chosen, lease_seconds=lease_seconds, retry=retry, owner=owner)
 
     def close(self) -> None:
         """Close the database connections (pinned and pooled)."""
@@ -170,7 +212,10 @@ class Eipflow:
             self.operations.finish(op_id, "failed", json.dumps({"attach_failed": [exc.eip_uuid, exc.error, exc.state]}))
             raise
         except EipflowError:
-            self.operations.forget(op_id)  # nothing was changed: the id may be used again
+            # The request failed: the id may be used again. Most such errors change nothing (bad input, a
+            # conflict before any write); some come after an intent was committed (AttachSuperseded: a
+            # detach overtook the attach) — a retry with the id then acts on the EIP as it is now.
+            self.operations.forget(op_id)
             raise
         except BaseException:
             raise  # unknown outcome: leave it running; a retry after the lease takes it over

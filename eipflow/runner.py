@@ -187,17 +187,6 @@ class Runner:
             details=details or {},
         )
 
-    def _commit(self, plan: PlannedTransition, started: float) -> Eip | None:
-        result = self.store.commit(plan)
-        if result is None:
-            self.conflicts += 1
-            log.debug(
-                "transition.conflict", eip_uuid=plan.eip.uuid, trigger=plan.event, version=plan.eip.version
-            )
-            return None
-        self._log_transition(plan, result, started)
-        return result
-
     @staticmethod
     def _log_transition(plan: PlannedTransition, result: Eip, started: float, **extra: Any) -> None:
         log.info(
@@ -227,7 +216,11 @@ class Runner:
         """Send an intent event to one EIP, retrying lost compare-and-swaps against fresh rows."""
         started = time.perf_counter()
 
+        seen = 0  # the version the last lost compare-and-swap expected, for the error
+
         def decide(eip: Eip, _vm: Vm | None) -> PlannedTransition:
+            nonlocal seen
+            seen = eip.version
             payload = changes(eip) if callable(changes) else (changes or {})
             return self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
 
@@ -238,8 +231,8 @@ class Runner:
                 self._log_transition(plan, result, started)
                 return result
             self.conflicts += 1
-            log.debug("transition.conflict", eip_uuid=uuid, trigger=event)
-        raise VersionConflict(uuid, 0, MAX_CAS_ATTEMPTS)
+            log.debug("transition.conflict", eip_uuid=uuid, trigger=event, version=seen)
+        raise VersionConflict(uuid, seen, MAX_CAS_ATTEMPTS)
 
     def fire_many(
         self,
@@ -371,10 +364,12 @@ class Runner:
         if spec is not None and item.spec is None:
             item = _with_spec(item, spec)
         retry_update: dict[str, Any] | None = None
+        seen = 0
 
         def decide(eip: Eip, vm: Vm | None) -> PlannedTransition:
-            nonlocal retry_update
+            nonlocal retry_update, seen
             retry_update = None
+            seen = eip.version
             if eip.work_id != item.id:
                 raise _Fenced
             if (
@@ -418,7 +413,7 @@ class Runner:
             if retry_update is not None:
                 log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
             return result
-        raise VersionConflict(item.eip_uuid, 0, MAX_CAS_ATTEMPTS)
+        raise VersionConflict(item.eip_uuid, seen, MAX_CAS_ATTEMPTS)
 
     def _would_stay(self, eip: Eip, event: str, changes: Mapping[str, Any]) -> bool:
         return resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid) == eip.state

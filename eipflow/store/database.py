@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ..errors import DatabaseError
+from ..errors import DatabaseError, InvalidInput
 from .schema import metadata
 
 __all__ = [
@@ -45,7 +45,8 @@ DEFAULT_URL = "sqlite:///eipflow.db"
 
 #: SQLite durability is FULL on purpose: a control plane must not lose a committed
 #: intent (a persisted binding that a release path relies on) on power loss.
-SQLITE_SYNCHRONOUS = os.environ.get("EIPFLOW_SQLITE_SYNCHRONOUS", "FULL").upper()
+SQLITE_SYNCHRONOUS = "FULL"
+SQLITE_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: PostgreSQL and MariaDB/MySQL: every transition is a single-row compare-and-swap
@@ -123,10 +124,19 @@ def scrubbed(message: str, url: str | URL) -> str:
     return message
 
 
-def create_db_engine(url: str | None = None, **kwargs: Any) -> Engine:
+def sqlite_synchronous_mode(value: str, source: str = "sqlite_synchronous") -> str:
+    """A validated SQLite ``synchronous`` mode (it goes into a PRAGMA: only the known words pass)."""
+    mode = value.strip().upper() if isinstance(value, str) else ""
+    if mode not in SQLITE_SYNCHRONOUS_MODES:
+        raise InvalidInput(f"{source}: {value!r} is not one of {', '.join(SQLITE_SYNCHRONOUS_MODES)}")
+    return mode
+
+
+def create_db_engine(url: str | None = None, *, sqlite_synchronous: str | None = None, **kwargs: Any) -> Engine:
     """An engine with eipflow's settings for the URL's dialect.
 
-    SQLite: WAL, ``synchronous=FULL`` (override with ``EIPFLOW_SQLITE_SYNCHRONOUS``), a 30 s busy
+    SQLite: WAL, ``synchronous=FULL`` (``sqlite_synchronous=`` overrides it; ``Eipflow.open`` defaults
+    it from ``EIPFLOW_SQLITE_SYNCHRONOUS``), a 30 s busy
     timeout, and ``BEGIN IMMEDIATE`` for write transactions so two writers queue on the lock instead
     of failing a read-to-write upgrade. PostgreSQL and MariaDB run at READ COMMITTED
     (:data:`ISOLATION_LEVEL`; pass ``isolation_level=`` to override) with :data:`SERVER_POOL`.
@@ -154,18 +164,18 @@ def create_db_engine(url: str | None = None, **kwargs: Any) -> Engine:
     except Exception as exc:  # noqa: BLE001 - missing driver modules surface as many types
         raise DatabaseError(redacted(parsed), f"cannot create engine: {scrubbed(str(exc), parsed)}") from None
     if backend == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_synchronous_mode(sqlite_synchronous or SQLITE_SYNCHRONOUS))
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite's own BEGIN is deferred)
         cur = dbapi_conn.cursor()
         if engine.url.database not in (None, "", ":memory:"):
             cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+        cur.execute(f"PRAGMA synchronous={synchronous}")  # one of SQLITE_SYNCHRONOUS_MODES
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
 

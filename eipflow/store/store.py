@@ -10,7 +10,6 @@ again. Nothing here calls a backend, and no transaction outlives a method call.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,21 +51,11 @@ if tuple(_EIP_COLS) != tuple(Eip.__dataclass_fields__):  # _eip() builds an Eip 
 _WORK_COLS = [c.name for c in WORK.columns]
 
 
-def _fast_path_enabled(engine: Engine) -> bool:
-    if os.environ.get("EIPFLOW_FASTPATH", "1") == "0":
-        return False  # escape hatch, and the A/B switch of benchmarks/bench_transition.py
+def fast_path_supported(engine: Engine) -> bool:
+    """Whether the driver-level hot path runs on this engine's driver."""
     return (engine.dialect.name, engine.dialect.driver) in {
         ("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql"),
     }
-
-
-def _row_cache_size() -> int:
-    raw = os.environ.get("EIPFLOW_ROW_CACHE", "").strip()
-    if not raw:
-        return DEFAULT_ROW_CACHE
-    if not raw.isdigit():
-        raise InvalidInput(f"EIPFLOW_ROW_CACHE: {raw!r} is not a number of rows (0 turns the row cache off)")
-    return int(raw)
 
 
 def lease_us(seconds: float) -> int:
@@ -184,13 +173,34 @@ def _record(row: Any) -> TransitionRecord:
 class Store:
     """Reads and version-checked writes of eipflow's tables on one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock | None = None, *, fast_path: bool | None = None,
+        row_cache: int = DEFAULT_ROW_CACHE,
+    ) -> None:
+        """A store on ``engine``.
+
+        Args:
+            engine: from :func:`~eipflow.store.create_db_engine`.
+            clock: this process's clock (stamps rows, schedules retries; never judges leases).
+            fast_path: run the hot path at driver level (``None``: wherever the driver supports it;
+                ``False``: SQLAlchemy Core only — same statements, same results).
+            row_cache: rows remembered per process for optimistic intents (``0`` turns the cache off).
+
+        Raises:
+            InvalidInput: ``fast_path=True`` on a driver it does not support, or a negative ``row_cache``.
+        """
+        if isinstance(row_cache, bool) or not isinstance(row_cache, int) or row_cache < 0:
+            raise InvalidInput(f"row_cache: {row_cache!r} is not a number of rows (0 turns the row cache off)")
+        supported = fast_path_supported(engine)
+        if fast_path and not supported:
+            raise InvalidInput(f"fast_path: the driver-level path does not support {engine.dialect.name}+"
+                               f"{engine.dialect.driver}")
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
         self._update_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
         self._delete_cache: dict[tuple[str, ...], Any] = {}
         self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
-        self._fast = FastPath(engine, row_cache=_row_cache_size()) if _fast_path_enabled(engine) else None
+        self._fast = FastPath(engine, row_cache=row_cache) if supported and fast_path is not False else None
         self._insert_history = HISTORY.insert()
         self._insert_work = WORK.insert()
         # Statements built once: building a Core statement and its cache key per call costs more

@@ -198,3 +198,34 @@ def test_a_forked_child_never_uses_or_closes_the_parents_pin(flow: Eipflow) -> N
     assert os.waitstatus_to_exitcode(status) == 0
     assert _fast(flow)._pin() is parent_pin and not _is_closed(parent_pin.conn)
     assert flow.delete_eip(eip.uuid).state == "deleted"  # the parent's connection still works
+
+
+def test_settings_are_parameters_validated_at_the_edge(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast path, row cache and SQLite durability are parameters of Eipflow.open / Store; the environment only
+    supplies open()'s documented defaults, and a bad value (which would otherwise reach a PRAGMA) is a typed
+    error naming the setting, before anything is opened."""
+    import sqlalchemy as sa
+
+    from eipflow.store import Store, create_db_engine
+
+    with Eipflow.open(sqlite_url, InMemoryDataplane(), fast_path=False, row_cache=0,
+                      sqlite_synchronous="normal") as flow:
+        assert flow.store._fast is None
+        with flow.store.engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+    monkeypatch.setenv("EIPFLOW_SQLITE_SYNCHRONOUS", "FULL; PRAGMA journal_mode=DELETE")
+    with pytest.raises(InvalidInput, match="EIPFLOW_SQLITE_SYNCHRONOUS"):
+        Eipflow.open(sqlite_url, InMemoryDataplane())
+    monkeypatch.setenv("EIPFLOW_SQLITE_SYNCHRONOUS", "EXTRA")
+    monkeypatch.setenv("EIPFLOW_FASTPATH", "maybe")
+    with pytest.raises(InvalidInput, match="EIPFLOW_FASTPATH"):
+        Eipflow.open(sqlite_url, InMemoryDataplane())
+    with pytest.raises(InvalidInput, match="sqlite_synchronous"):
+        create_db_engine(sqlite_url, sqlite_synchronous="FAST")
+    engine = create_db_engine(sqlite_url)
+    try:
+        with pytest.raises(InvalidInput, match="row_cache"):
+            Store(engine, row_cache=-1)
+        assert Store(engine, fast_path=False)._fast is None and Store(engine)._fast is not None
+    finally:
+        engine.dispose()
