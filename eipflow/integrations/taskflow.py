@@ -33,8 +33,9 @@ from typing import Any
 
 from taskflow import task
 
+from .. import validation
 from ..api import Eipflow
-from ..errors import EipNotFound, IllegalTransition
+from ..errors import EipNotFound, IllegalTransition, InvalidInput
 from ..values import Eip
 from . import FlowSource, resolve_flow
 
@@ -162,4 +163,9 @@ class DetachEip(EipflowTask):
 
 
 def _ours(row: Eip, nic: str, guest_ip: str, vm: str) -> bool:
-    return (row.vm_nic_uuid, row.guest_ip, row.vm_uuid) == (nic, guest_ip, vm)
+    # The row holds the guest IP in canonical form; the flow's store holds it as the caller wrote it.
+    try:
+        ip = validation.canonical_address("guest_ip", guest_ip)
+    except InvalidInput:
+        return False
+    return (row.vm_nic_uuid, row.guest_ip, row.vm_uuid) == (nic, ip, vm)
