@@ -55,12 +55,12 @@ class CountingDataplane(SimulatedDataplane):
     the dataplane is counted even if its process dies right after.
     """
 
-    def _put(self, spec: EipSpec) -> None:
+    def _effect(self, action: str, spec: EipSpec) -> bool:
         log = os.environ.get(APPLY_LOG_ENV)
-        if log:
+        if log and action == "apply":
             with open(log, "a") as out:
                 out.write(json.dumps({"eip": spec.eip_uuid, "host": spec.host_uuid, "pid": os.getpid()}) + "\n")
-        super()._put(spec)
+        return super()._effect(action, spec)
 
 
 def counting_factory() -> CountingDataplane:
