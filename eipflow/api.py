@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import structlog
 from sqlalchemy.engine import Engine
 
 from . import validation as v
+from ._logging import get_logger
 from .backends.base import Backend, ListsRules, load_backend
 from .backends.simulated import SimulatedDataplane
 from .clock import Clock, SystemClock
@@ -33,7 +33,7 @@ from .values import Eip, EipSpec, TransitionRecord, Vm, WorkItem
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Eipflow", "connect"]
 
-log = structlog.get_logger("eipflow.api")
+log = get_logger("eipflow.api")
 T = TypeVar("T")
 
 DEFAULT_LEASE_SECONDS = 60.0

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import structlog
-
+from ._logging import get_logger
 from .backends.base import Backend
 from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, VersionConflict
 from .faultpoints import crash_point
@@ -36,7 +35,7 @@ from .values import Eip, EipSpec, Vm, WorkItem
 
 __all__ = ["NotApplicable", "RetryPolicy", "Runner", "default_owner"]
 
-log = structlog.get_logger("eipflow.runner")
+log = get_logger("eipflow.runner")
 
 MAX_CAS_ATTEMPTS = 50
 _FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")

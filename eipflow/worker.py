@@ -23,8 +23,8 @@ from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 
+from ._logging import get_logger
 from .api import Eipflow
 from .runner import Runner, default_owner
 from .store.database import retry_transient, translate_errors
@@ -34,7 +34,7 @@ from .values import WorkItem
 
 __all__ = ["Worker"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 

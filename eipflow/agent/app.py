@@ -23,7 +23,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,12 +30,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import validation as v
+from .._logging import get_logger
 from ..errors import BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
 
 __all__ = ["MAX_BODY_BYTES", "AgentBackend", "create_app"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
 _FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import structlog
 import uvicorn
 
+from .._logging import get_logger
 from ..backends.nftables import NftablesBackend
 from .app import create_app
 from .config import HostConfig
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "backend_for", "serve"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: how long in-flight applies may finish after SIGTERM before they are cut off
 GRACEFUL_SHUTDOWN_S = 15

@@ -27,15 +27,15 @@ from typing import Any
 
 import httpcore
 import httpx
-import structlog
 
+from .._logging import get_logger
 from ..agent.config import HostConfig, load_hosts
 from ..errors import BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
 
 __all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 HOSTS_FILE_ENV = "EIPFLOW_HOSTS_FILE"
 

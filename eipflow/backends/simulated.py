@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
+from .._logging import get_logger
 from ..clock import utcnow
 from ..store.database import retry_transient, translate_errors
 from ..store.schema import SimRuleRow
@@ -29,7 +29,7 @@ from .faults import Faults
 
 __all__ = ["BackendCall", "InMemoryDataplane", "SimulatedDataplane"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 RULE = SimRuleRow.__table__  # type: ignore[attr-defined]
 
 

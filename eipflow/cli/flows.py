@@ -92,7 +92,7 @@ def dataplane_group() -> None:
 @pass_state
 def dataplane_list(state: State, host: str | None) -> None:
     """Rules the backend reports as realized."""
-    rules = state.flow.dataplane(host)
+    rules = state.read_flow().dataplane(host)
     rows = [("HOST", "EIP", "VIP", "GUEST IP", "NIC")]
     rows += [(r.host_uuid, r.eip_uuid, r.vip, r.guest_ip, r.vm_nic_uuid) for r in rules]
     emit(

@@ -54,7 +54,7 @@ def _work_text(items: list[WorkItem]) -> str:
 @pass_state
 def work_list(state: State, statuses: tuple[str, ...], eip: str | None) -> None:
     """List work items with their attempts and last error."""
-    items = state.flow.work_items(statuses=list(statuses) or None, eip_uuid=eip)
+    items = state.reader().list_work(statuses=list(statuses) or None, eip_uuid=eip)
     emit(state, [w.to_dict() for w in items], _work_text(items))
 
 

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from .._logging import get_logger
 from ..errors import DatabaseError
 from .schema import metadata
 
@@ -33,7 +33,7 @@ __all__ = [
     "upgrade_schema",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
