@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENT_ATTR", "Logger", "get_logger"]
+__all__ = ["EVENT_ATTR", "Listener", "Logger", "add_listener", "get_logger", "remove_listener"]
 
 #: the attribute of a standard-library record that holds the structured event (``{"event": …, key: value}``)
 EVENT_ATTR = "eipflow_event"
@@ -31,6 +32,22 @@ logging.getLogger("eipflow").addHandler(logging.NullHandler())
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "critical": logging.CRITICAL}
+
+
+#: ``listener(logger_name, level, event, fields)``, called for every event at every level (before filtering)
+Listener = Callable[[str, str, str, dict[str, Any]], None]
+_listeners: tuple[Listener, ...] = ()
+
+
+def add_listener(listener: Listener) -> None:
+    """Also hand every event to ``listener`` (how :mod:`eipflow.metrics` observes the engine's log points)."""
+    global _listeners
+    _listeners = (*_listeners, listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    global _listeners
+    _listeners = tuple(fn for fn in _listeners if fn is not listener)
 
 
 def _structlog() -> Any | None:
@@ -55,6 +72,13 @@ class Logger:
         return Logger(self._name, {**self._context, **values})
 
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        if _listeners:
+            merged = {**self._context, **fields}
+            for listener in _listeners:
+                try:
+                    listener(self._name, method, event, merged)
+                except Exception:
+                    logging.getLogger(__name__).debug("listener failed", exc_info=True)
         structlog = _structlog()
         if structlog is not None:
             getattr(structlog.get_logger(self._name).bind(**self._context), method)(event, **fields)

@@ -1,6 +1,7 @@
 """The host agent as an ASGI app (Starlette): apply / revoke / list for one host's dataplane.
 
     GET  /healthz      liveness; no token, says only "ok"
+    GET  /metrics      Prometheus metrics (requests, auth failures, nft latency); no token (eipflow[metrics])
     GET  /v1/rules     what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
     POST /v1/apply     body: spec (see below)              -> {"ok": true, …}
     POST /v1/revoke    body: spec                          -> {"ok": true, …}
@@ -77,6 +78,7 @@ def create_app(
     host_uuid: str,
     token: str,
     hold_fifo: str | Path | None = None,
+    metrics: Any | None = None,
 ) -> Starlette:
     """Build the agent for ``host_uuid`` serving ``backend``.
 
@@ -86,7 +88,16 @@ def create_app(
         token: the bearer token every ``/v1`` call must present.
         hold_fifo: test hook: after each apply has committed, wait for a writer on this FIFO before
             answering (lets end-to-end tests stop or kill the agent "mid-apply" without sleeping).
+        metrics: the :class:`~eipflow.metrics.Metrics` to count into and serve on ``/metrics`` (default:
+            a new one when ``prometheus_client`` is installed; it observes while the app runs).
     """
+    if metrics is None:
+        try:
+            from ..metrics import Metrics
+        except ImportError:
+            metrics = None
+        else:
+            metrics = Metrics()
     expected = token.encode()
     hold = str(hold_fifo) if hold_fifo is not None else None
 
@@ -173,15 +184,29 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            return _error(501, "metrics need the 'metrics' extra: pip install 'eipflow[metrics]'")
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        if metrics is not None:
+            metrics.install()
         log.info("agent.started", host_uuid=host_uuid, hold=hold is not None)
-        yield
-        log.info("agent.stopped", host_uuid=host_uuid)
+        try:
+            yield
+        finally:
+            log.info("agent.stopped", host_uuid=host_uuid)
+            if metrics is not None:
+                metrics.uninstall()
 
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
             Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
             Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
             Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),
