@@ -9,8 +9,9 @@ configured structlog (:func:`structlog.is_configured`):
   :func:`structlog.testing.capture_logs` sees it);
 - no: it goes to the standard library logger of the same name (``eipflow.runner``, …), which has a
   :class:`logging.NullHandler` and so writes nothing until the application configures logging.
-  The record's message reads ``event key=value …`` and the structured fields are kept on the
-  record as ``eipflow_event`` for handlers that want them (the CLI's does).
+  The record's message reads ``event key=value …`` (keys sorted, as structlog's console renderer
+  writes them); the structured fields are kept on the record as ``eipflow_event`` for handlers that
+  want them (the CLI's does).
 
 structlog is never imported by this module: a process that does not use it (``eipflow eip list``)
 does not pay for it (it pulls in rich and asyncio).
@@ -87,7 +88,7 @@ class Logger:
         if not self._stdlib.isEnabledFor(level):
             return
         data = {**self._context, **fields}
-        text = " ".join([event, *(f"{k}={v!r}" for k, v in data.items())])
+        text = " ".join([event, *(f"{k}={v if isinstance(v, str) else repr(v)}" for k, v in sorted(data.items()))])
         self._stdlib.log(level, "%s", text, extra={EVENT_ATTR: {"event": event, **data}}, stacklevel=3)
 
     def debug(self, event: str, **fields: Any) -> None:

@@ -268,7 +268,7 @@ def test_embedded_library_writes_nothing_without_logging_configured(tmp_path: Pa
     """)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert any(line.startswith("eipflow.runner INFO transition.applied ") and "state_to='attached'" in line
+    assert any(line.startswith("eipflow.runner INFO transition.applied ") and "state_to=attached" in line
                for line in lines)
     assert any(line.startswith("eipflow.runner INFO backend.apply_ok ") for line in lines)
 
@@ -297,3 +297,19 @@ def test_license_is_apache_and_declared() -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+
+
+def test_every_lazy_command_resolves_with_a_summary() -> None:
+    """The lazy root group lists every command with its one-line help, and each one imports and accepts --json."""
+    import click
+
+    from eipflow.cli import COMMANDS, SUMMARIES, cli
+
+    assert set(SUMMARIES) == set(COMMANDS)
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        leaves = list(command.commands.values()) if isinstance(command, click.Group) else [command]
+        for leaf in leaves:
+            assert any("--json" in getattr(p, "opts", ()) for p in leaf.params), f"{name} {leaf.name}"
