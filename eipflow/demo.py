@@ -31,9 +31,14 @@ class DemoResult:
 
 
 def run_demo(db_url: str | None = None) -> DemoResult:
-    """Run both acts on a fresh SQLite database (a temporary file unless ``db_url`` is given)."""
-    if db_url is None:
-        db_url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='eipflow-demo-')) / 'demo.db'}"
+    """Run both acts on a fresh SQLite database (a temporary file, removed afterwards, unless ``db_url`` is given)."""
+    if db_url is not None:
+        return _run(db_url)
+    with tempfile.TemporaryDirectory(prefix="eipflow-demo-") as tmp:
+        return _run(f"sqlite:///{Path(tmp) / 'demo.db'}")
+
+
+def _run(db_url: str) -> DemoResult:
     backend = SimulatedDataplane()
     result = DemoResult(db_url)
     say = result.steps.append

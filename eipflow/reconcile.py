@@ -25,8 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import structlog
-
+from ._logging import get_logger
 from .api import Eipflow
 from .backends.base import ListsRules
 from .errors import ConflictError, EipNotFound
@@ -37,7 +36,7 @@ from .values import Eip, EipSpec, WorkItem
 
 __all__ = ["ReconcileReport", "Reconciler", "Repair", "reconcile"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ACTOR = "reconciler"
 

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import structlog
-
+from ._logging import get_logger
 from .backends.base import Backend
 from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, StaleGeneration, VersionConflict
 from .faultpoints import crash_point
@@ -37,7 +36,7 @@ from .values import Eip, EipSpec, Vm, WorkItem
 
 __all__ = ["NotApplicable", "RetryPolicy", "Runner", "default_owner"]
 
-log = structlog.get_logger("eipflow.runner")
+log = get_logger("eipflow.runner")
 
 MAX_CAS_ATTEMPTS = 50
 _FACT_KEYS = ("desired", "host_uuid", "applied_host", "attach_confirmed")
@@ -407,6 +406,7 @@ class Runner:
                 return None
             if done is None:
                 self.conflicts += 1
+                log.debug("transition.conflict", eip_uuid=item.eip_uuid, trigger=event, version=seen)
                 continue
             result, plan = done
             self._log_transition(plan, result, started)

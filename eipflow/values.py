@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .machine import Facts
+if TYPE_CHECKING:  # the machine (python-statemachine) is imported only when facts are asked for
+    from .machine import Facts
 
 __all__ = ["Eip", "EipSpec", "TransitionRecord", "Vm", "WorkItem"]
 
@@ -59,6 +60,8 @@ class Eip:
 
     @property
     def facts(self) -> Facts:
+        from .machine import Facts
+
         return Facts(self.desired, self.host_uuid, self.applied_host, self.attach_confirmed)
 
     @property

@@ -24,8 +24,8 @@ from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 
+from ._logging import get_logger
 from .api import Eipflow
 from .runner import Runner, default_owner
 from .store.database import retry_transient, translate_errors
@@ -35,7 +35,7 @@ from .values import WorkItem
 
 __all__ = ["Worker"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 

@@ -87,7 +87,7 @@ def test_vm_commands_move_the_eip(capsys: pytest.CaptureFixture[str], sqlite_url
           "--host", "h"], 2, "guest_ip"),
         (["attach", "6f1c0d1e-8a52-4c3e-9d0b-1f2e3a4b5c6d", "--nic", "", "--guest-ip", "10.0.0.1", "--vm", "v",
           "--host", "h"], 2, "nic"),
-        (["--backend", "no.such.module:factory", "eip", "list"], 2, "backend"),
+        (["--backend", "no.such.module:factory", "dataplane", "list"], 2, "backend"),  # eip list never loads it
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
@@ -202,7 +202,9 @@ def test_processes_two_attaches_one_wins(db_url: str, gate: PipeGate) -> None:
     first = cli_start(db_url, "attach", uuid, *ATTACH, env=gate.env)
     gate.wait_entered()
     second = cli(db_url, "attach", uuid, "--nic", "nic-2", "--guest-ip", "10.0.0.6", "--vm", "vm-2", "--host", "h2")
-    assert second.returncode == 4 and "cannot attach" in second.stderr
+    assert second.returncode == 4
+    error = json.loads(second.stdout)["error"]  # --json: the error is the one document on stdout
+    assert (error["type"], error["exit_code"]) == ("IllegalTransition", 4) and "cannot attach" in error["message"]
     gate.release()
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
@@ -246,7 +248,7 @@ def test_processes_migrate_and_detach_during_blocked_attach(db_url: str, gate: P
 def test_processes_failed_attach_rolls_back(db_url: str) -> None:
     uuid = _created(db_url)
     failed = cli(db_url, "attach", uuid, *ATTACH, env={"EIPFLOW_SIM_FAIL": "apply"})
-    assert failed.returncode == 5 and failed.stdout == ""
+    assert failed.returncode == 5 and json.loads(failed.stdout)["error"]["type"] == "AttachFailed"
     shown = _json(cli(db_url, "eip", "show", uuid))
     assert (shown["state"], shown["guest_ip"]) == ("detached", None)
     assert _json(cli(db_url, "dataplane", "list")) == []

@@ -2,6 +2,7 @@
 
     GET  /healthz       liveness; no token, says only "ok"
     GET  /openapi.json  the OpenAPI description of this API; no token
+    GET  /metrics       Prometheus metrics (requests, auth failures, nft latency); no token (eipflow[metrics])
     GET  /v1/rules      what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
     POST /v1/apply      body: spec (see below)              -> {"ok": true, …}
     POST /v1/revoke     body: spec                          -> {"ok": true, …}
@@ -31,7 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -39,13 +39,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import validation as v
+from .._logging import get_logger
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 from .openapi import openapi
 
 __all__ = ["MAX_BODY_BYTES", "WARN_EVERY_S", "AgentBackend", "create_app"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
 WARN_EVERY_S = 60.0
@@ -119,6 +120,7 @@ def create_app(
     vip_ranges: Sequence[str] = (),
     hold_fifo: str | Path | None = None,
     clock: Callable[[], float] = time.monotonic,
+    metrics: Any | None = None,
 ) -> Starlette:
     """Build the agent for ``host_uuid`` serving ``backend``.
 
@@ -132,9 +134,18 @@ def create_app(
         hold_fifo: test hook: after each apply has committed, wait for a writer on this FIFO before
             answering (lets end-to-end tests stop or kill the agent "mid-apply" without sleeping).
         clock: monotonic seconds, for aggregating bad-token warnings (tests inject one).
+        metrics: the :class:`~eipflow.metrics.Metrics` to count into and serve on ``/metrics`` (default:
+            a new one when ``prometheus_client`` is installed; it observes while the app runs).
     """
     if token is None and not mtls:
         raise InvalidInput("the agent needs a token, or mtls=True with client certificates verified by TLS")
+    if metrics is None:
+        try:
+            from ..metrics import Metrics
+        except ImportError:
+            metrics = None
+        else:
+            metrics = Metrics()
     expected = token.encode() if token is not None else None
     hold = str(hold_fifo) if hold_fifo is not None else None
     ranges = [ipaddress.ip_network(r) for r in vip_ranges]
@@ -252,16 +263,30 @@ def create_app(
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(description)
 
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            return _error(501, "metrics need the 'metrics' extra: pip install 'eipflow[metrics]'")
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        if metrics is not None:
+            metrics.install()
         log.info("agent.started", host_uuid=host_uuid, hold=hold is not None)
-        yield
-        log.info("agent.stopped", host_uuid=host_uuid)
+        try:
+            yield
+        finally:
+            log.info("agent.stopped", host_uuid=host_uuid)
+            if metrics is not None:
+                metrics.uninstall()
 
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
             Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
             Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
             Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),

@@ -8,9 +8,9 @@ import ssl
 import stat
 from pathlib import Path
 
-import structlog
 import uvicorn
 
+from .._logging import get_logger
 from ..backends.nftables import NftablesBackend
 from ..errors import InvalidInput
 from .app import AgentBackend, create_app
@@ -18,7 +18,7 @@ from .config import DEFAULT_STATE_ROOT, HostConfig
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "SOCKET_MODE", "backend_for", "build_server", "serve"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: how long in-flight applies may finish after SIGTERM before they are cut off
 GRACEFUL_SHUTDOWN_S = 15

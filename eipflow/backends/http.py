@@ -29,16 +29,16 @@ from typing import Any
 
 import httpcore
 import httpx
-import structlog
 
 from .. import validation as v
+from .._logging import get_logger
 from ..agent.config import HostConfig, load_hosts
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 
 __all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 HOSTS_FILE_ENV = "EIPFLOW_HOSTS_FILE"
 

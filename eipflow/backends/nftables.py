@@ -41,16 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from .. import validation as v
+from .._logging import get_logger
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
 from .fencing import HostRecord, decide, record_after
 
 __all__ = ["ANNOUNCE_MODES", "NftablesBackend", "OwnedRule", "check_interface"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 ANNOUNCE_MODES = ("address", "none")
 COMMENT_PREFIX = "eipflow"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import Engine
 
+from .._logging import get_logger
 from ..clock import utcnow
 from ..errors import StaleGeneration
 from ..store.database import retry_transient, translate_errors
@@ -26,7 +26,7 @@ from .fencing import HostRecord, decide, record_after
 
 __all__ = ["BackendCall", "InMemoryDataplane", "SimulatedDataplane"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 RULE = SimRuleRow.__table__  # type: ignore[attr-defined]
 
 

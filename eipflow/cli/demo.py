@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 import click
-import structlog
 
 from ..demo import run_demo
-from ._context import State, emit, pass_state
+from ._context import State, emit, pass_state, set_level
 from .eips import history_text, list_text
 
 
@@ -16,10 +15,10 @@ from .eips import history_text, list_text
 @click.option("--db", "demo_db", default=None, help="database for the demo (default: a fresh temporary SQLite file)")
 @pass_state
 def demo(state: State, demo_db: str | None) -> None:
-    """Replay the seed's race: attach blocked in the backend while the VM stops."""
+    """Replay the seed's race: attach blocked in the backend while the VM stops (temporary files are removed)."""
     if state.verbose == 0:
         # The demo's second act fails an apply on purpose; its warning would only alarm a newcomer.
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        set_level(logging.ERROR)
     result = run_demo(demo_db)
     data = {
         "db_url": result.db_url,

@@ -69,17 +69,41 @@ def create(state: State, vip: str, name: str | None, op_id: str | None) -> None:
 @pass_state
 def show(state: State, uuid: str) -> None:
     """Show one EIP."""
-    eip = state.flow.get_eip(uuid)
+    from .. import validation as v
+
+    eip = state.reader().require(v.eip_uuid(uuid))
     emit(state, eip.to_dict(), show_text(eip))
 
 
+def _check_state(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ..machine import STATE_DESCRIPTIONS  # only when filtering: the machine library is not free to import
+
+    if value not in STATE_DESCRIPTIONS:
+        raise click.BadParameter(f"{value!r} is not a state; one of: {', '.join(STATE_DESCRIPTIONS)}")
+    return value
+
+
+_LIMIT = click.option("--limit", type=click.IntRange(min=1), default=None,
+                      help="at most this many rows (page with --after) [default: all]")
+
+
 @eip_group.command("list")
-@click.option("--state", "state_filter", default=None, help="only EIPs in this state")
+@click.option("--state", "state_filter", default=None, callback=_check_state, help="only EIPs in this state")
 @click.option("--vm", default=None, help="only EIPs bound to this VM")
+@_LIMIT
+@click.option("--after", default=None, metavar="UUID",
+              help="start after this EIP (the last uuid of the previous page; list order is creation time)")
 @pass_state
-def list_(state: State, state_filter: str | None, vm: str | None) -> None:
-    """List EIPs."""
-    eips = state.flow.list_eips(state=state_filter, vm_uuid=vm)
+def list_(state: State, state_filter: str | None, vm: str | None, limit: int | None, after: str | None) -> None:
+    """List EIPs, oldest first.
+
+    Page through many with --limit N, then --after LAST_UUID until a page is shorter than N.
+    """
+    from ._read import eips_page
+
+    eips = eips_page(state.reader(), state=state_filter, vm_uuid=vm, limit=limit, after=after)
     emit(state, [e.to_dict() for e in eips], list_text(eips))
 
 
@@ -87,15 +111,37 @@ def list_(state: State, state_filter: str | None, vm: str | None) -> None:
 @click.argument("uuid")
 @click.option("--diagram", "diagram_file", type=click.Path(dir_okay=False), default=None,
               help="also draw the path taken on the machine, by extension: FILE.mmd, .dot, .svg or .png")
+@_LIMIT
+@click.option("--after", "after_version", type=click.IntRange(min=0), default=None, metavar="VERSION",
+              help="only transitions after this version (the last VER of the previous page)")
 @pass_state
-def history(state: State, uuid: str, diagram_file: str | None) -> None:
-    """Print the EIP's timeline (kept after deletion)."""
-    records = state.flow.history(uuid)
+def history(state: State, uuid: str, diagram_file: str | None, limit: int | None, after_version: int | None) -> None:
+    """Print the EIP's timeline, oldest first (kept after deletion, until pruned)."""
+    from ._read import history_page
+
+    if diagram_file is not None:
+        _check_diagram_target(diagram_file)  # before anything is printed
+    records = history_page(state.reader(), uuid, limit=limit, after=after_version)
     emit(state, [r.to_dict() for r in records], history_text(records))
     if diagram_file is not None:
         from .diagram import draw_history
 
         draw_history(records, diagram_file, uuid)
+
+
+def _check_diagram_target(path: str) -> None:
+    from pathlib import Path
+
+    from ..diagrams import GraphvizNotFound, dot_available
+    from ..diagrams.files import GRAPH_FORMATS
+
+    suffix = Path(path).suffix.lower()
+    fmt = GRAPH_FORMATS.get(suffix)
+    if fmt is None:
+        raise click.BadParameter(f"{path!r}: unknown format {suffix or '(no extension)'}; use one of "
+                                 f"{', '.join(sorted(GRAPH_FORMATS))}", param_hint="'--diagram'")
+    if fmt in ("svg", "png") and not dot_available():
+        raise GraphvizNotFound([fmt])
 
 
 @eip_group.command("delete")

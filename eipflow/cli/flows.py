@@ -93,7 +93,7 @@ def dataplane_group() -> None:
 @pass_state
 def dataplane_list(state: State, host: str | None) -> None:
     """Rules the backend reports as realized (exit 6 when some hosts could not be asked)."""
-    rules, hosts = rules_per_host(state.flow, host)
+    rules, hosts = rules_per_host(state.read_flow(), host)
     rows = [("HOST", "EIP", "VIP", "GUEST IP", "NIC")]
     rows += [(r.host_uuid, r.eip_uuid, r.vip, r.guest_ip, r.vm_nic_uuid) for r in rules]
     emit(

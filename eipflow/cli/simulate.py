@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-import structlog
 from click.core import ParameterSource
 
 from ..simulate import DEFAULT_MIX, Latency, SimConfig, parse_mix, run
+from ._context import set_level
 
 __all__ = ["register"]
 
@@ -78,7 +78,7 @@ def simulate(ctx: click.Context, sim_db: str | None, eips: int, vms: int, hosts:
     root = ctx.find_root()
     if not root.params.get("verbose"):
         # Injected faults log a warning each; without -v keep stderr for the bar and real errors.
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        set_level(logging.ERROR)
     as_json = as_json_local or bool(root.obj.as_json)
     url = sim_db
     if url is None and root.get_parameter_source("db_url") is ParameterSource.COMMANDLINE:

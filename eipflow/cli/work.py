@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from datetime import timedelta
+from typing import Any
+
 import click
 
+from ..api import Eipflow
 from ..reconcile import Reconciler, ReconcileReport
 from ..values import WorkItem
 from ..worker import Worker
 from ._context import State, emit, exit_partial, pass_state
 from ._partial import tolerant_flow
 from .eips import _table
+from .prune import DURATION, PrunePolicy, Pruner
 
 STATUSES = ("pending", "running", "done", "parked", "cancelled")
 
@@ -20,14 +26,60 @@ STATUSES = ("pending", "running", "done", "parked", "cancelled")
               help="lease per claimed item [default: $EIPFLOW_LEASE_SECONDS or 60]")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="seconds between polls when idle")
+@click.option("--metrics-address", default=None, metavar="HOST:PORT", envvar="EIPFLOW_METRICS_ADDRESS",
+              help="serve Prometheus /metrics and the /livez, /readyz probes here (needs eipflow[metrics]) "
+                   "[env EIPFLOW_METRICS_ADDRESS]")
+@click.option("--prune-every", type=DURATION, default=None, metavar="AGE",
+              help="also prune every AGE (1h) with --history-older-than / --work-older-than")
+@click.option("--history-older-than", "history_age", type=DURATION, default=None, metavar="AGE",
+              help="with --prune-every: delete history older than AGE (30d)")
+@click.option("--work-older-than", "work_age", type=DURATION, default=None, metavar="AGE",
+              help="with --prune-every: delete finished work older than AGE (7d)")
 @pass_state
-def worker(state: State, once: bool, lease_seconds: float | None, poll_interval: float) -> None:
+def worker(state: State, once: bool, lease_seconds: float | None, poll_interval: float, metrics_address: str | None,
+           prune_every: timedelta | None, history_age: timedelta | None, work_age: timedelta | None) -> None:
     """Run backend work: until SIGTERM/SIGINT (finishing the current item), or once with --once."""
-    w = Worker(state.flow, lease_seconds=lease_seconds, poll_interval=poll_interval)
-    ran = w.run_once() if once else w.run_forever()
-    remaining = state.flow.work_items(statuses=["pending", "running"])
+    if (prune_every is None) != (history_age is None and work_age is None):
+        raise click.UsageError("--prune-every needs --history-older-than and/or --work-older-than, and they need it")
+    flow = state.flow
+    with ExitStack() as stack:
+        if metrics_address is not None:
+            w: Worker = _serve_metrics(stack, flow, metrics_address, lease_seconds=lease_seconds,
+                                       poll_interval=poll_interval)
+        else:
+            w = Worker(flow, lease_seconds=lease_seconds, poll_interval=poll_interval)
+        if prune_every is not None:
+            pruner = Pruner(flow.store, PrunePolicy(history_age, work_age), prune_every).start()
+            stack.callback(pruner.stop)
+        ran = w.run_once() if once else w.run_forever()
+    remaining = flow.work_items(statuses=["pending", "running"])
     emit(state, {"ran": ran, "owner": w.owner, "remaining": len(remaining)},
          f"ran {ran} item(s); {len(remaining)} pending or running")
+
+
+def _serve_metrics(stack: ExitStack, flow: Eipflow, address: str, **worker_options: Any) -> Worker:
+    try:
+        from ..metrics import (
+            DatabaseProbe,
+            InstrumentedWorker,
+            Metrics,
+            MetricsServer,
+            QueueStateCollector,
+            parse_address,
+        )
+    except ImportError as exc:
+        raise click.ClickException(f"--metrics-address needs the 'metrics' extra: pip install 'eipflow[metrics]' "
+                                   f"({exc})") from None
+    where = parse_address(address)
+    metrics = Metrics().install()
+    stack.callback(metrics.uninstall)
+    metrics.registry.register(QueueStateCollector(flow.store.engine, clock=flow.store.clock))
+    probe = DatabaseProbe(flow.store.engine)
+    stack.callback(probe.close)
+    w = InstrumentedWorker(flow, metrics, **worker_options)
+    server = MetricsServer(metrics, where, ready=probe).start()
+    stack.callback(server.stop)
+    return w
 
 
 @click.group("work")
@@ -55,7 +107,7 @@ def _work_text(items: list[WorkItem]) -> str:
 @pass_state
 def work_list(state: State, statuses: tuple[str, ...], eip: str | None) -> None:
     """List work items with their attempts and last error."""
-    items = state.flow.work_items(statuses=list(statuses) or None, eip_uuid=eip)
+    items = state.reader().list_work(statuses=list(statuses) or None, eip_uuid=eip)
     emit(state, [w.to_dict() for w in items], _work_text(items))
 
 

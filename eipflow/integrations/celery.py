@@ -35,8 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from .._logging import get_logger
 from ..api import Eipflow
 from ..errors import AttachFailed, ConflictError, EipflowError
 from ..machine import IN_FLIGHT
@@ -45,7 +44,7 @@ from . import FlowSource, resolve_flow
 
 __all__ = ["AttachRolledBack", "EipflowTasks", "register"]
 
-log = structlog.get_logger("eipflow.integrations.celery")
+log = get_logger("eipflow.integrations.celery")
 
 #: Retries of one task (pending work, retryable errors) before Celery gives up on it.
 MAX_RETRIES = 60

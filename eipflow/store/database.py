@@ -14,9 +14,9 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from .._logging import get_logger
 from ..errors import DatabaseError, InvalidInput
 from .schema import metadata
 
@@ -37,7 +37,7 @@ __all__ = [
     "upgrade_schema",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 

@@ -677,6 +677,60 @@ class Store:
             return bool(conn.execute(stmt).rowcount == 1)
 
 
+    def prune(
+        self,
+        *,
+        history_before: datetime | None = None,
+        work_before: datetime | None = None,
+        batch_size: int = 1000,
+        dry_run: bool = False,
+    ) -> dict[str, int]:
+        """Delete finished work items and old history in bounded batches (one short transaction each).
+
+        Work: items ``done`` or ``cancelled`` last updated before ``work_before`` and linked from no EIP;
+        pending, running and parked items are never touched. History: rows recorded before
+        ``history_before``, except the latest row of every EIP that still exists (``eip history`` keeps
+        answering for it); a deleted EIP's old history goes entirely. Each batch selects at most
+        ``batch_size`` ids, then deletes those ids (work items with their conditions repeated, so an item that
+        changed in between is left alone; history rows only ever become *more* prunable, as newer versions
+        are appended and deleted EIPs never come back).
+
+        Returns:
+            ``{"history": rows, "work": items}`` deleted (with ``dry_run``: that would be deleted).
+        """
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be at least 1, not {batch_size}")
+        later = sa.alias(HISTORY, "later")
+        live = sa.exists().where(EIP.c.uuid == HISTORY.c.eip_uuid)
+        newer = sa.exists().where(later.c.eip_uuid == HISTORY.c.eip_uuid, later.c.version > HISTORY.c.version)
+        linked = sa.select(EIP.c.work_id).where(EIP.c.work_id.is_not(None))
+        finished = WORK.c.status.in_(["done", "cancelled"])
+        # (name, table, what to delete, what the DELETE re-checks): history rows only ever become more
+        # prunable, and MySQL refuses a DELETE whose subquery reads the same table, so history re-checks nothing.
+        jobs: list[tuple[str, Any, Any, Any]] = []
+        if history_before is not None:
+            jobs.append(("history", HISTORY, sa.and_(HISTORY.c.at < history_before, sa.or_(~live, newer)), sa.true()))
+        if work_before is not None:
+            condition = sa.and_(finished, WORK.c.updated_at < work_before, WORK.c.id.not_in(linked))
+            jobs.append(("work", WORK, condition, condition))
+        counts = {"history": 0, "work": 0}
+        for name, table, condition, recheck in jobs:
+            if dry_run:
+                with translate_errors(self.engine), self._read() as conn:
+                    counts[name] = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition))
+                                       .scalar() or 0)
+                continue
+            pick = sa.select(table.c.id).where(condition).order_by(table.c.id).limit(batch_size)
+            while True:
+                # Two statements, not DELETE … WHERE id IN (SELECT … same table): MySQL refuses that form.
+                with translate_errors(self.engine), self.engine.begin() as conn:
+                    ids = [r[0] for r in conn.execute(pick)]
+                    if ids:
+                        counts[name] += conn.execute(table.delete().where(table.c.id.in_(ids), recheck)).rowcount
+                if len(ids) < batch_size:
+                    break
+        return counts
+
 class Operations:
     """Idempotency keys: the first request with an operation id records its outcome; repeats replay it."""
 

@@ -1,0 +1,131 @@
+"""OpenTelemetry traces (``pip install 'eipflow[otel]'``): spans for public calls, transitions, work items
+and backend calls, with the EIP uuid, event and states as attributes.
+
+Nothing here is imported unless you use it, so the extra costs nothing when it is not installed. Like
+:mod:`eipflow.metrics` it needs no line in the engine:
+
+- :meth:`Tracing.wrap` puts a span around each public call of one :class:`~eipflow.Eipflow`
+  (``eipflow.attach``, ``eipflow.vm_stopped``, …);
+- :class:`TracedWorker` puts a span around each claimed work item (``eipflow.work``);
+- the engine's structured events become child spans of whatever span is current: ``transition.applied``
+  → ``eipflow.transition`` and ``backend.*_ok|failed`` → ``eipflow.backend.apply|revoke`` (their start is
+  the event time minus the ``duration_ms`` the event carries, so they are not zero-length).
+
+Attributes use an ``eipflow.*`` namespace, and ``workflow.*`` names where OpenTelemetry's draft workflow
+conventions have them. Not done yet: carrying the caller's trace context on the work item it creates (a
+column on ``eip_work``), so a worker in another process continues the caller's trace; today a worker's
+item starts a trace of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+
+from . import _logging
+from .api import Eipflow
+from .values import WorkItem
+from .worker import Worker
+
+__all__ = ["PUBLIC_CALLS", "TracedWorker", "Tracing"]
+
+#: the :class:`~eipflow.Eipflow` methods :meth:`Tracing.wrap` traces
+PUBLIC_CALLS = ("create_eip", "get_eip", "list_eips", "history", "delete_eip", "attach", "detach", "vm_stopped",
+                "vm_started", "vm_migrated", "run_due", "retry_work", "dataplane")
+
+
+class Tracing:
+    """Turns eipflow's calls and events into spans on ``tracer_provider`` (default: the global one)."""
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        self.tracer: Tracer = trace.get_tracer("eipflow", tracer_provider=tracer_provider)
+        self._installed = False
+
+    def install(self) -> Tracing:
+        """Start turning this process's transition and backend events into spans."""
+        if not self._installed:
+            _logging.add_listener(self._observe)
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        _logging.remove_listener(self._observe)
+        self._installed = False
+
+    def wrap(self, flow: Eipflow) -> Eipflow:
+        """Trace ``flow``'s public calls (patched on this instance only); returns ``flow``."""
+        for name in PUBLIC_CALLS:
+            setattr(flow, name, self._traced(name, getattr(flow, name)))
+        return flow
+
+    def _traced(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            attributes: dict[str, Any] = {"workflow.operation.name": name}
+            if args and isinstance(args[0], str):
+                attributes["eipflow.eip.uuid" if name not in ("vm_stopped", "vm_started", "vm_migrated")
+                           else "eipflow.vm.uuid"] = args[0]
+            if kwargs.get("op_id"):
+                attributes["eipflow.op_id"] = kwargs["op_id"]
+            with self.tracer.start_as_current_span(f"eipflow.{name}", attributes=attributes):
+                return fn(*args, **kwargs)
+
+        return call
+
+    def _observe(self, _logger: str, _level: str, event: str, f: dict[str, Any]) -> None:
+        if event == "transition.applied":
+            self._span("eipflow.transition", f, {
+                "eipflow.eip.uuid": f.get("eip_uuid"), "eipflow.event": f.get("trigger"),
+                "eipflow.state.from": f.get("state_from"), "eipflow.state.to": f.get("state_to"),
+                "eipflow.version": f.get("version"), "eipflow.actor": f.get("actor"),
+            })
+        elif event.startswith("backend.") and event.endswith(("_ok", "_failed")):
+            action = event.removeprefix("backend.").rsplit("_", 1)[0]
+            failed = event.endswith("_failed")
+            self._span(f"eipflow.backend.{action}", f, {
+                "eipflow.eip.uuid": f.get("eip_uuid"), "eipflow.host.uuid": f.get("host_uuid"),
+                "eipflow.action": action, "eipflow.outcome_unknown": bool(f.get("outcome_unknown")),
+            }, error=str(f.get("error")) if failed else None)
+
+    def _span(self, name: str, f: dict[str, Any], attributes: dict[str, Any], error: str | None = None) -> None:
+        end = time.time_ns()
+        start = end - int(float(f.get("duration_ms") or 0) * 1_000_000)
+        span = self.tracer.start_span(name, start_time=start,
+                                      attributes={k: v for k, v in attributes.items() if v is not None})
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end)
+
+
+class TracedWorker(Worker):
+    """A :class:`~eipflow.Worker` that runs each claimed item inside an ``eipflow.work`` span (idle polls make none)."""
+
+    def __init__(self, flow: Eipflow, tracing: Tracing, **kwargs: Any) -> None:
+        super().__init__(flow, **kwargs)
+        self.tracing = tracing
+        self._open: tuple[Span, object] | None = None
+
+    def claim_next(self) -> WorkItem | None:
+        item = super().claim_next()
+        if item is not None:
+            span = self.tracing.tracer.start_span("eipflow.work", attributes={
+                "eipflow.work.id": item.id, "eipflow.eip.uuid": item.eip_uuid, "eipflow.action": item.action,
+                "eipflow.work.attempt": item.attempts, "eipflow.work.cleanup": item.cleanup,
+            })
+            self._open = (span, context.attach(trace.set_span_in_context(span)))
+        return item
+
+    def run_one(self) -> WorkItem | None:
+        try:
+            return super().run_one()
+        finally:
+            if self._open is not None:
+                span, token = self._open
+                self._open = None
+                context.detach(token)  # type: ignore[arg-type]
+                span.end()
