@@ -30,7 +30,7 @@ from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition
 from .faultpoints import crash_point
 from .heartbeat import Heartbeat
 from .machine import CONTINUES, EFFECTS, Facts
-from .store import LeaseLost, NewWork, PlannedTransition, Store
+from .store import LeasedWork, LeaseLost, NewWork, PlannedTransition, Store, WorkUpdate
 from .table import resolve
 from .values import Eip, EipSpec, Vm, WorkItem
 
@@ -140,8 +140,8 @@ class Runner:
         target = resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid)
         merged = _Merged(eip, dict(changes))  # as requested, before the entry effects below add to changes
         new_work: NewWork | None = None
-        finish: tuple[int, str] | None = None
-        update: tuple[int, str, Mapping[str, Any]] | None = None
+        finish: LeasedWork | None = None
+        update: WorkUpdate | None = None
         predicates: dict[str, Any] = {}
 
         continues = (eip.state, target) in CONTINUES  # the attach's item goes on
@@ -150,12 +150,12 @@ class Runner:
         generation = eip.version + 1
         if target == eip.state:
             if item is not None and retry_update is not None:
-                update = (item.id, self.owner, retry_update)
+                update = WorkUpdate(item.id, self.owner, retry_update)
         else:
             # What entering ``target`` does is declared once, in machine.EFFECTS; this only applies it.
             effects = EFFECTS[target]
             if item is not None and not continues:
-                finish = (item.id, self.owner)
+                finish = LeasedWork(item.id, self.owner)
             changes.update(effects.sets)
             if effects.work is None and target != "deleted":
                 changes["work_id"] = None
@@ -168,7 +168,7 @@ class Runner:
                 host = {"placed": merged["host_uuid"], "applied": merged["applied_host"]}.get(effects.work_host or "")
                 assert host is not None or effects.work_host is None, f"{eip.uuid}: {target} needs a host"
                 if continues and item is not None:
-                    update = (item.id, self.owner, {"host_uuid": host, "generation": generation})
+                    update = WorkUpdate(item.id, self.owner, {"host_uuid": host, "generation": generation})
                 else:
                     new_work = NewWork(effects.work, merged["vip"], merged["vm_nic_uuid"], merged["guest_ip"], host,
                                        generation=generation if host is not None else None)

@@ -447,12 +447,13 @@ class FastPath:
         out = self._out
         now_db = out(now)  # formatted once: it is written up to five times
         if plan.finish_work is not None:
-            work_id, owner = plan.finish_work
-            self._update_work(cur, work_id, owner, {"status": "done", "lease_owner": None,
-                                                    "lease_expires_at": None, "updated_at": now_db})
+            fin = plan.finish_work
+            self._update_work(cur, fin.work_id, fin.owner, {"status": "done", "lease_owner": None,
+                                                            "lease_expires_at": None, "updated_at": now_db})
         if plan.update_work is not None:
-            work_id, owner, values = plan.update_work
-            self._update_work(cur, work_id, owner, {**{c: out(v) for c, v in values.items()}, "updated_at": now_db})
+            up = plan.update_work
+            self._update_work(cur, up.work_id, up.owner,
+                              {**{c: out(v) for c, v in up.values.items()}, "updated_at": now_db})
         if plan.new_work is not None:
             cur.execute(self._work.text, self._work.params(work_params(eip.uuid, plan.new_work, now, out)))
             changes["work_id"] = cur.fetchone()[0] if self._postgres else cur.lastrowid

@@ -36,7 +36,7 @@ from .statements import (
     work_params,
 )
 
-__all__ = ["LeaseClock", "LeaseLost", "NewWork", "Operations", "PlannedTransition", "Store"]
+__all__ = ["LeaseClock", "LeaseLost", "LeasedWork", "NewWork", "Operations", "PlannedTransition", "Store", "WorkUpdate"]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
@@ -126,6 +126,23 @@ class NewWork:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasedWork:
+    """The leased work item a transition completes: fenced by its id *and* its lease owner."""
+
+    work_id: int
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUpdate:
+    """Columns to update on the still-current leased item (its host and generation fixed, a reschedule)."""
+
+    work_id: int
+    owner: str
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedTransition:
     """Everything one compare-and-swap writes; built by the runner, executed by :meth:`Store.commit`."""
 
@@ -136,10 +153,10 @@ class PlannedTransition:
     #: extra ``column = value`` conditions beside uuid and version (the conditional rollback)
     predicates: Mapping[str, Any] = field(default_factory=dict)
     new_work: NewWork | None = None
-    #: ``(work_id, owner)`` of the leased item this transition completes
-    finish_work: tuple[int, str] | None = None
-    #: ``(work_id, owner, values)``: update the still-current item in place (spec, reschedule)
-    update_work: tuple[int, str, Mapping[str, Any]] | None = None
+    #: the leased item this transition completes (marked ``done``)
+    finish_work: LeasedWork | None = None
+    #: update the still-current leased item in place (host and generation fixed, reschedule)
+    update_work: WorkUpdate | None = None
     actor: str | None = None
     op_id: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
@@ -429,23 +446,23 @@ class Store:
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
                 if plan.finish_work is not None:
-                    work_id, owner = plan.finish_work
+                    fin = plan.finish_work
                     done = conn.execute(
                         WORK.update()
-                        .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
+                        .where(WORK.c.id == fin.work_id, WORK.c.lease_owner == fin.owner, WORK.c.status == "running")
                         .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=now)
                     )
                     if done.rowcount != 1:
-                        raise LeaseLost(work_id)
+                        raise LeaseLost(fin.work_id)
                 if plan.update_work is not None:
-                    work_id, owner, values = plan.update_work
+                    up = plan.update_work
                     upd = conn.execute(
                         WORK.update()
-                        .where(WORK.c.id == work_id, WORK.c.lease_owner == owner, WORK.c.status == "running")
-                        .values(updated_at=now, **values)
+                        .where(WORK.c.id == up.work_id, WORK.c.lease_owner == up.owner, WORK.c.status == "running")
+                        .values(updated_at=now, **up.values)
                     )
                     if upd.rowcount != 1:
-                        raise LeaseLost(work_id)
+                        raise LeaseLost(up.work_id)
                 if plan.new_work is not None:
                     changes["work_id"] = self._insert_work_item(conn, eip.uuid, plan.new_work, now)
                 pred_cols = tuple(sorted(plan.predicates))

@@ -14,6 +14,7 @@ from eipflow.diagrams.spec import work_enqueued
 from eipflow.errors import IllegalTransition
 from eipflow.machine import ACTIONS, BOUND, CONTINUES, EFFECTS, IN_FLIGHT, EipMachine
 from eipflow.runner import Runner
+from eipflow.store import LeasedWork
 from eipflow.table import TRANSITIONS
 from eipflow.values import Eip, EipSpec, WorkItem
 
@@ -86,7 +87,7 @@ def test_the_plan_applies_the_targets_declared_effects(source: str, event: str, 
         assert work_enqueued(source, target) == ""
     elif (source, target) in CONTINUES:
         assert plan.new_work is None and plan.finish_work is None
-        assert plan.update_work[2] == {"host_uuid": plan.eip.host_uuid, "generation": plan.eip.version + 1}
+        assert plan.update_work.values == {"host_uuid": plan.eip.host_uuid, "generation": plan.eip.version + 1}
         assert work_enqueued(source, target) == f"continue {effects.work}"
     else:
         work = plan.new_work
@@ -96,4 +97,4 @@ def test_the_plan_applies_the_targets_declared_effects(source: str, event: str, 
         assert work.generation == (plan.eip.version + 1 if where is not None else None)
         assert work_enqueued(source, target) == f"enqueue {effects.work}"
     if source in IN_FLIGHT and (source, target) not in CONTINUES:
-        assert plan.finish_work == (9, "me")  # leaving an in-flight state finishes its item
+        assert plan.finish_work == LeasedWork(9, "me")  # leaving an in-flight state finishes its item
