@@ -30,7 +30,7 @@
 #define REATTACH 0       /* 1: an intent may attach the EIP again, to another NIC */
 #endif
 #ifndef RECONCILE
-#define RECONCILE 0      /* 1: one reconciler pass, and host 2 starts with a leaked rule (gen 0) */
+#define RECONCILE 0      /* 1: one reconciler pass, and host 1 starts with a leaked rule (gen 0) */
 #endif
 #ifndef DELETES
 #define DELETES 0        /* 1: delete is one of the intents */
@@ -119,8 +119,8 @@ inline changed(h, kind, g) {
    hi[h] = g; hirev[h] = (kind == REVOKE)
 }
 
-/* RECONCILE: host 2 starts with a rule leaked by an earlier life of this EIP (another NIC) */
-#define LEAK_LEFT (RECONCILE && has[2] && rgen[2] == 0 && rc[2] == 2)
+/* RECONCILE: the VM's host starts with a rule leaked by an earlier life of this EIP (another NIC) */
+#define LEAK_LEFT (RECONCILE && has[1] && rgen[1] == 0 && rc[1] == 2)
 #define ONE_HOST (!(has[1] && has[2]) || LEAK_LEFT)
 
 /* What a host does with the request in the Hosts process's qa qg qh qc ql, answering in hres. */
@@ -387,7 +387,7 @@ inline intent() {
       if
       :: !ok -> rhost = o1; desired = o2;
          if :: iev == E_attach -> nic = 0 :: else -> skip fi;
-         printf("MSG: %d ", me); say_event(iev); printf(": illegal in "); say_state(st); printf("\n")
+         printf(" "); say_event(iev); printf(": illegal in "); say_state(st); printf("\n")
       :: else -> skip
       fi
    :: else -> skip
@@ -538,16 +538,17 @@ proctype Reconciler() {
             :: else -> printf("no rule\n") fi }
    atomic {
       if
-      :: ver != v1 || IN_FLIGHT(st) -> v1 = 0; printf("MSG: %d: the row moved or is in flight, next pass\n", me)
-      :: rhas && st == S_attached && applied == rh && nic == rcc -> v1 = 0
-      :: rhas && !(st == S_attached && applied == rh && nic == rcc) ->
+      :: ver != v1 || IN_FLIGHT(st) -> v1 = 0; printf("MSG: %d: the row moved or is in flight: next pass\n", me)
+      :: else ->
          if
-         :: st != S_deleted -> iev = E_stray_detected; intent()
-         :: else -> skip
-         fi
-      :: !rhas && st == S_attached && applied == rh ->
-         v1 = 0; iev = E_drift_detected; intent()
-      :: else -> v1 = 0
+         :: rhas && st == S_attached && applied == rh && nic == rcc -> v1 = 0         /* held */
+         :: rhas && !(st == S_attached && applied == rh && nic == rcc) ->            /* stray */
+            if :: st != S_deleted -> iev = E_stray_detected :: else -> skip fi
+         :: !rhas && st == S_attached && applied == rh ->                            /* missing */
+            v1 = 0; iev = E_drift_detected
+         :: else -> v1 = 0
+         fi;
+         if :: iev != 0 -> intent() :: else -> skip fi
       fi
    }
    atomic {
@@ -576,7 +577,7 @@ proctype Quiescence() {
    assert(!IN_FLIGHT(st));                                              /* nothing stuck in flight */
    assert(st != S_attached || (has[applied] && rc[applied] == nic && rgen[applied] > 0));
    assert(st == S_attached || ((!has[1] && !has[2]) || LEAK_LEFT));    /* no stray rule */
-   assert(st != S_attached || !has[3 - applied] || LEAK_LEFT);
+   assert(st != S_attached || !has[3 - applied] || (applied == 2 && LEAK_LEFT));
    assert(st != S_attached || (desired == D_ATTACHED && vm == applied));/* the latest VM fact wins */
    assert(!(nic != 0 && desired == D_ATTACHED && vm != 0) || st == S_attached);
    assert(!(nic != 0 && desired == D_ATTACHED && vm == 0) || st == S_released)
@@ -586,7 +587,7 @@ init {
    atomic {
       assert(st == INITIAL_STATE);
 #if RECONCILE
-      has[2] = 1; rgen[2] = 0; rc[2] = 2;
+      has[1] = 1; rgen[1] = 0; rc[1] = 2;
       run Reconciler();
 #endif
       run Quiescence();

@@ -1,4 +1,4 @@
-/* EipMachine's transition relation, generated from diagrams/spec.json by
+/* EipMachine's transition relation, generated from the machine's exported spec by
    eipflow.diagrams.renderers.promela. Do not edit: regenerate
    (python -m eipflow.diagrams.renderers.promela diagrams/spec.json model/machine.pml). */
 
@@ -47,6 +47,7 @@
 /* The target of event `ev` in state `st`: the first declared transition whose guards
    hold, or S_NONE when the event is illegal there. `work` is what it enqueues. */
 inline resolve(ev, tgt, work) {
+d_step {
    tgt = S_NONE; work = W_NONE;
    if
    :: (st == S_detached && ev == E_attach) ->
@@ -215,6 +216,7 @@ inline resolve(ev, tgt, work) {
       tgt = S_detaching; work = W_NONE
    :: else -> skip /* no transition declared: illegal */
    fi
+}
 }
 
 /* names for the readable trace */

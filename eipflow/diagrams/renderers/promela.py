@@ -97,9 +97,9 @@ def to_promela(spec: MachineSpec, *, source: str = "diagrams/spec.json") -> str:
     for name in guard_names(spec):
         _ident(name, source)
     lines = [
-        f"/* {spec.name}'s transition relation, generated from {source} by",
+        f"/* {spec.name}'s transition relation, generated from the machine's exported spec by",
         "   eipflow.diagrams.renderers.promela. Do not edit: regenerate",
-        f"   (python -m eipflow.diagrams.renderers.promela {source} model/machine.pml). */",
+        "   (python -m eipflow.diagrams.renderers.promela diagrams/spec.json model/machine.pml). */",
         "",
         "/* states, in declaration order */",
     ]
@@ -123,6 +123,7 @@ def to_promela(spec: MachineSpec, *, source: str = "diagrams/spec.json") -> str:
         "/* The target of event `ev` in state `st`: the first declared transition whose guards",
         "   hold, or S_NONE when the event is illegal there. `work` is what it enqueues. */",
         "inline resolve(ev, tgt, work) {",
+        "d_step {",
         "   tgt = S_NONE; work = W_NONE;",
         "   if",
     ]
@@ -133,7 +134,7 @@ def to_promela(spec: MachineSpec, *, source: str = "diagrams/spec.json") -> str:
         ordered = sorted(options, key=lambda t: t.order)
         lines.append(f"   :: (st == S_{state} && ev == E_{event}) ->")
         lines += _chain(ordered, "      ", source)
-    lines += ["   :: else -> skip /* no transition declared: illegal */", "   fi", "}", ""]
+    lines += ["   :: else -> skip /* no transition declared: illegal */", "   fi", "}", "}", ""]
     lines += ["/* names for the readable trace */", "inline say_state(s) {", "   if"]
     lines += [f'   :: (s) == S_{s} -> printf("{s}")' for s in states]
     lines += ['   :: else -> printf("?")', "   fi", "}", "", "inline say_event(e) {", "   if"]
