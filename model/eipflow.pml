@@ -7,7 +7,9 @@
    and detach/delete intents at any point, the reconciler, and hosts that apply the generation
    rule. docs/model.md says what is checked, at what size, and what is abstracted away.
 
-   Configurations are preprocessor definitions (spin -DWORKERS=2 ...); the bug variants:
+   Configurations are preprocessor definitions (spin -DWORKERS=2 ...). PROBE_* definitions turn a
+   scenario into an assertion, so a test can show a passing configuration really reaches it.
+   The bug variants:
      BUG_NO_GENERATION        hosts ignore generations (apply and revoke always act)
      BUG_UNFENCED_CLEANUP     cleanup revokes carry no generation: they remove whatever is there
      BUG_BINDING_AFTER_APPLY  the attach calls the backend first and writes the binding after
@@ -178,7 +180,13 @@ inline host_exec() {
          fi
       fi
    fi;
-   assert(ONE_HOST)
+   assert(ONE_HOST);
+#ifdef PROBE_REFUSED
+   assert(hres != R_REFUSED)         /* probe: a stale call reaches a host and is refused */
+#endif
+#ifdef PROBE_CLEANUP_REFUSED
+   assert(!(ql && hres == R_REFUSED))   /* probe: a cleanup revoke meets a newer rule */
+#endif
 }
 
 inline say_req(R) {
@@ -360,6 +368,9 @@ inline orphaned_apply() {
 
 /* Claim item i (due, or its lease expired) and start it. */
 inline claim(i) {
+#ifdef PROBE_LEASE_TAKEN
+   assert(it[i].owner == 0);         /* probe: an expired lease is taken over from its holder */
+#endif
    it[i].owner = me; it[i].exp = now + LEASE; mi = i; mid = it[i].id;
    printf("MSG: %d claims #%d (", me, mid);
    if :: it[i].cleanup -> printf("cleanup ") :: else -> skip fi;

@@ -153,3 +153,26 @@ def test_a_machine_change_that_breaks_the_protocol_fails_the_check(tmp_path: Pat
     assert result.errors == 1
     assert "vm==applied" in result.failed_assertion.replace(" ", ""), result.failed_assertion
     assert any("vm_stopped: => attached" in line for line in result.trail), result.trail
+
+
+#: (configuration, probe, a piece of the probe's assertion, a piece of the step before it fired)
+PROBES = (
+    ("fenced", "PROBE_REFUSED", "hres!=2", "runs"),
+    ("fenced", "PROBE_LEASE_TAKEN", "owner==0", "clock"),
+    ("fenced_reconcile", "PROBE_CLEANUP_REFUSED", "ql&&", "revoke gen 0"),
+)
+
+
+@needs_spin
+@pytest.mark.parametrize(("name", "probe", "assertion", "step"), PROBES, ids=[p[1].lower() for p in PROBES])
+def test_passing_configuration_reaches_the_race(
+    name: str, probe: str, assertion: str, step: str, tmp_path: Path
+) -> None:
+    """Not vacuous: the passing configuration reaches a refused stale call, a lease taken over from a live
+    holder, a cleanup revoke that meets a newer rule (each probe turns the scenario into an assertion)."""
+    base = BY_NAME[name]
+    result = run(dataclasses.replace(base, name=f"{name}+{probe}", defines=(*base.defines, probe)), tmp_path)
+    assert result.errors == 1, result.output[-2000:]
+    assert assertion in result.failed_assertion.replace(" ", ""), result.failed_assertion
+    assert result.trail and step in result.trail[-1], result.trail
+    print("\n".join(result.trail))
