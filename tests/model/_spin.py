@@ -32,6 +32,8 @@ class Config:
         violation: ``None`` when the search must find no error; else a piece of the failed assertion's
             text the counterexample must end in.
         slow: runs longer than the default budget (marked ``slow``; CI runs it too).
+        liveness: search for non-progress cycles (``-DNP``, ``pan -l``) instead of safety: with no
+            progress labels every cycle counts, so none found means every run terminates (where P1 holds).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Config:
     what: str
     violation: str | None = None
     slow: bool = False
+    liveness: bool = False
 
     def flags(self) -> list[str]:
         return [f"-D{d}" for d in self.defines]
@@ -61,6 +64,8 @@ CONFIGS: tuple[Config, ...] = (
            "caller + 1 worker, 2 intents incl. delete and a second attach (another NIC)"),
     Config("fenced_reconcile", ("WORKERS=2", "INTENTS=0", "FAULTS=1", "TMAX=1", "RECONCILE=1"),
            "caller + 2 workers, a leaked rule on the VM's host, one reconciler pass racing the attach"),
+    Config("fenced_terminates", ("WORKERS=2", "INTENTS=1", "FAULTS=1", "TMAX=1"),
+           "as `fenced`, searched for cycles: every run ends (in quiescence, where P1 holds)", liveness=True),
     Config("fenced_wide", ("WORKERS=2", "INTENTS=2", "FAULTS=1", "TMAX=1"),
            "caller + 2 workers, 2 intents, 1 fault, 1 lease expiry", slow=True),
     Config("bug_no_generation", ("BUG_NO_GENERATION", "WORKERS=1", "INTENTS=1", "FAULTS=1", "TMAX=1"),
@@ -131,10 +136,12 @@ def run(config: Config, workdir: Path, *, model_dir: Path = MODEL_DIR, timeout: 
     flags = config.flags()
     subprocess.run(["spin", "-a", *flags, MODEL], cwd=workdir, check=True, capture_output=True, text=True)
     # -O0: pan.c for this model takes minutes to optimise and the search gains less than that.
-    subprocess.run(["gcc", "-O0", "-DSAFETY", "-DCOLLAPSE", "-DMEMLIM=1024", "-o", "pan", "pan.c"],
+    mode, search = (["-DNP"], ["-l"]) if config.liveness else (["-DSAFETY"], [])
+    subprocess.run(["gcc", "-O0", *mode, "-DCOLLAPSE", "-DMEMLIM=1024", "-o", "pan", "pan.c"],
                    cwd=workdir, check=True, capture_output=True, text=True)
     started = time.perf_counter()
-    pan = subprocess.run(["./pan", "-m1000000"], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    pan = subprocess.run(["./pan", *search, "-m1000000"], cwd=workdir, capture_output=True, text=True,
+                         timeout=timeout)
     seconds = time.perf_counter() - started
     out = pan.stdout
     errors = _number(r"errors: (\d+)", out)
