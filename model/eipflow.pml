@@ -55,7 +55,6 @@
 #define R_REFUSED 2   /* the host refused: a newer generation is there (StaleGeneration) */
 #define R_FAILED 3    /* the backend failed before doing anything (retryable) */
 #define R_TIMEOUT 4   /* outcome unknown: the request may have run, or may still run */
-#define R_LOST 5      /* our lease was gone when we renewed it: no call made */
 
 /* ---- the EIP row: every write below is one compare-and-swap on `ver` -------------------------- */
 byte st = 0;                     /* INITIAL_STATE, checked in init */
@@ -199,8 +198,7 @@ inline say_res(res) {
    :: res == R_OK -> printf("ok")
    :: res == R_REFUSED -> printf("REFUSED (stale generation)")
    :: res == R_FAILED -> printf("failed")
-   :: res == R_TIMEOUT -> printf("timed out")
-   :: else -> printf("lease lost, no call")
+   :: else -> printf("timed out")
    fi
 }
 
@@ -240,8 +238,8 @@ inline commit(ev, tgt, work, done_item) {
    printf(" "); say_event(ev); printf(":"); st = tgt; say_row(); printf("\n")
 }
 
-/* An intent: merge the change into the row, resolve, write; illegal in this state: no change.
-   The caller has already set the merged fields in o_* and saved nothing else. */
+/* Resolve `ev` on the row as merged by the caller (who keeps what to restore) and write it;
+   ok = 0 when the state does not allow it. */
 inline fire(ev) {
    resolve(ev, tgt, work);
    if
