@@ -39,6 +39,7 @@
 #endif
 
 #define LEASE 1
+#define PARKED 255                   /* a parked item's owner and expiry: never claimable again */
 #define NO_EVENT 255
 #define CALLER 1                     /* actor ids: 1 the inline caller, 2.. the workers */
 #define NACT (WORKERS + 1)
@@ -52,7 +53,7 @@
 #define REVOKE 2
 
 #define R_OK 1        /* accepted (or already so) */
-#define R_REFUSED 2   /* the host refused: a newer generation is there (StaleGeneration) */
+#define R_REFUSED 2   /* the host refused: it has seen a newer generation (StaleGeneration) */
 #define R_FAILED 3    /* the backend failed before doing anything (retryable) */
 #define R_TIMEOUT 4   /* outcome unknown: the request may have run, or may still run */
 
@@ -164,17 +165,14 @@ inline host_exec() {
          hres = R_OK
       :: else ->
          if
-         :: has[qh] && rgen[qh] > qg -> hres = R_REFUSED
+         :: has[qh] && rgen[qh] > qg -> hres = R_REFUSED             /* never removes a newer rule */
+         :: !has[qh] && qg < seen[qh] -> hres = R_REFUSED            /* older than the tombstone */
          :: else ->
             if
             :: has[qh] -> changed(qh, REVOKE, qg); has[qh] = 0; rgen[qh] = 0; rc[qh] = 0
             :: else -> skip
             fi;
-            if
-            :: qg > seen[qh] -> seen[qh] = qg; tomb[qh] = 1
-            :: qg == seen[qh] -> tomb[qh] = 1
-            :: else -> skip
-            fi;
+            seen[qh] = qg; tomb[qh] = 1;                              /* qg >= seen here */
             hres = R_OK
          fi
       fi
@@ -184,7 +182,7 @@ inline host_exec() {
    assert(hres != R_REFUSED)         /* probe: a stale call reaches a host and is refused */
 #endif
 #ifdef PROBE_CLEANUP_REFUSED
-   assert(!(ql && hres == R_REFUSED))   /* probe: a cleanup revoke meets a newer rule */
+   assert(!(ql && hres == R_REFUSED))   /* probe: a cleanup revoke meets a newer generation */
 #endif
 }
 
@@ -276,7 +274,8 @@ inline complete(ev, err) {
       :: else ->
          resolve(ev, tgt, work);
          if
-         :: tgt == st && err -> it[0].owner = 0; it[0].exp = 0   /* rescheduled */
+         :: tgt == st && err && !perm -> it[0].owner = 0; it[0].exp = 0          /* rescheduled */
+         :: tgt == st && err && perm -> it[0].owner = PARKED; it[0].exp = PARKED  /* parked */
          :: else -> skip
          fi;
          printf("MSG: %d", me); commit(ev, tgt, work, 0); ok = 1; o2 = st
@@ -330,14 +329,14 @@ inline finish() {
       :: HOLDS(mi) && (res == R_FAILED || res == R_TIMEOUT) -> it[mi].owner = 0; it[mi].exp = 0
       :: else -> skip
       fi
-   :: !cl && res == R_REFUSED ->                                          /* superseded: no retry */
-      if :: HOLDS(mi) -> free_item(mi) :: else -> skip fi
-   :: !cl && res != R_REFUSED ->
+   :: !cl ->
       if
       :: res == R_OK && a == APPLY -> cev = E_apply_ok; err = 0
-      :: res != R_OK && a == APPLY -> cev = E_apply_failed; err = 1
-      :: res == R_OK && a == REVOKE -> cev = E_revoke_ok; err = 0
-      :: res != R_OK && a == REVOKE -> cev = E_revoke_failed; err = 1
+      :: res == R_REFUSED && a == APPLY -> cev = E_apply_failed; err = 1; perm = 1   /* not retried */
+      :: (res == R_FAILED || res == R_TIMEOUT) && a == APPLY -> cev = E_apply_failed; err = 1
+      :: (res == R_OK || res == R_REFUSED) && a == REVOKE -> cev = E_revoke_ok; err = 0
+         /* refused: the host holds only something newer than this revoke; nothing of ours is left */
+      :: (res == R_FAILED || res == R_TIMEOUT) && a == REVOKE -> cev = E_revoke_failed; err = 1
       fi;
       complete(cev, err);
       orph = (a == APPLY && !ok && (res == R_OK || res == R_TIMEOUT))
@@ -362,7 +361,7 @@ inline orphaned_apply() {
 }
 
 #define RESET mi = 0; mid = 0; a = 0; g = 0; h = 0; c = 0; res = 0; tgt = 0; work = 0; ok = 0; \
-   o1 = 0; o2 = 0; o3 = 0; cev = 0; err = 0; cl = 0; sent = 0; orph = 0
+   o1 = 0; o2 = 0; o3 = 0; cev = 0; err = 0; cl = 0; sent = 0; orph = 0; perm = 0
 
 /* Claim item i (due, or its lease expired) and start it. */
 inline claim(i) {
@@ -405,7 +404,7 @@ inline intent() {
 }
 
 #define RUNNER_LOCALS byte mi, mid, a, g, h, c, res, tgt, work, o1, o2, o3, cev, iev, ival; \
-   bool ok, err, cl, sent, orph
+   bool ok, err, cl, sent, orph, perm
 #define CALLER_CAN (wid != 0 && it[0].id == wid && CLAIMABLE(0))
 
 /* ---- the inline caller (me == CALLER: `attach` fires the intent, then drives the work itself)
