@@ -12,31 +12,42 @@ Nothing here is imported unless you use it, so the extra costs nothing when it i
   the event time minus the ``duration_ms`` the event carries, so they are not zero-length).
 
 Attributes use an ``eipflow.*`` namespace, and ``workflow.*`` names where OpenTelemetry's draft workflow
-conventions have them. Not done yet: carrying the caller's trace context on the work item it creates (a
-column on ``eip_work``), so a worker in another process continues the caller's trace; today a worker's
-item starts a trace of its own.
+conventions have them. While tracing is installed, every work item created inside a span carries that span's
+W3C trace context (``eip_work.trace_context``), and :class:`TracedWorker` starts the item's span as its child:
+a worker in another process — or a Celery worker running an eipflow task — continues the caller's trace.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from . import _logging
 from .api import Eipflow
+from .store import statements
 from .values import WorkItem
 from .worker import Worker
 
-__all__ = ["PUBLIC_CALLS", "TracedWorker", "Tracing"]
+__all__ = ["PUBLIC_CALLS", "TracedWorker", "Tracing", "current_trace_context"]
 
 #: the :class:`~eipflow.Eipflow` methods :meth:`Tracing.wrap` traces
 PUBLIC_CALLS = ("create_eip", "get_eip", "list_eips", "history", "delete_eip", "attach", "detach", "vm_stopped",
                 "vm_started", "vm_migrated", "run_due", "retry_work", "dataplane")
+
+
+def current_trace_context() -> str | None:
+    """The current span's W3C trace context as JSON (``traceparent``/``tracestate``), or ``None`` outside a span."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return json.dumps(carrier, sort_keys=True) if carrier else None
 
 
 class Tracing:
@@ -47,14 +58,18 @@ class Tracing:
         self._installed = False
 
     def install(self) -> Tracing:
-        """Start turning this process's transition and backend events into spans."""
+        """Start turning this process's transition and backend events into spans, and storing the current
+        trace context on the work items this process creates."""
         if not self._installed:
             _logging.add_listener(self._observe)
+            statements.trace_carrier = current_trace_context
             self._installed = True
         return self
 
     def uninstall(self) -> None:
         _logging.remove_listener(self._observe)
+        if statements.trace_carrier is current_trace_context:
+            statements.trace_carrier = None
         self._installed = False
 
     def wrap(self, flow: Eipflow) -> Eipflow:
@@ -113,7 +128,9 @@ class TracedWorker(Worker):
     def claim_next(self) -> WorkItem | None:
         item = super().claim_next()
         if item is not None:
-            span = self.tracing.tracer.start_span("eipflow.work", attributes={
+            # The caller that created the item may have been another process: continue its trace.
+            parent = propagate.extract(json.loads(item.trace_context)) if item.trace_context else None
+            span = self.tracing.tracer.start_span("eipflow.work", context=parent, attributes={
                 "eipflow.work.id": item.id, "eipflow.eip.uuid": item.eip_uuid, "eipflow.action": item.action,
                 "eipflow.work.attempt": item.attempts, "eipflow.work.cleanup": item.cleanup,
             })

@@ -113,6 +113,7 @@ class WorkItem:
     cleanup: bool  # True: revokes an orphaned apply, drives no state
     created_at: datetime
     updated_at: datetime
+    trace_context: str | None = None  # the creating caller's trace (W3C, JSON), when tracing was on
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -93,3 +93,67 @@ def test_each_claimed_work_item_is_a_span(sqlite_url: str, exported: tuple[Traci
     assert (work.attributes["eipflow.eip.uuid"], work.attributes["eipflow.action"]) == (eip.uuid, "apply")
     names = sorted(s.name for s in _children(spans, work))
     assert names == ["eipflow.backend.apply", "eipflow.transition", "eipflow.transition"]
+
+
+_WORKER_SCRIPT = """
+import json, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from eipflow import Eipflow, InMemoryDataplane
+from eipflow.otel import TracedWorker, Tracing
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+tracing = Tracing(provider).install()
+with Eipflow.open(sys.argv[1], InMemoryDataplane()) as flow:
+    ran = TracedWorker(flow, tracing, heartbeat_interval=None).run_once()
+spans = [{"name": s.name, "trace": s.context.trace_id, "span": s.context.span_id,
+          "parent": s.parent.span_id if s.parent else None} for s in exporter.get_finished_spans()]
+print(json.dumps({"ran": ran, "spans": spans}))
+"""
+
+
+def test_a_worker_in_another_process_continues_the_callers_trace(
+    sqlite_url: str, exported: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    """The caller's trace context is stored on the work item it creates; a worker in another process starts the
+    item's span as its child, so one attach is one connected trace across two processes."""
+    import json
+    import subprocess
+    import sys
+
+    tracing, _exporter = exported
+    with Eipflow.open(sqlite_url, InMemoryDataplane()) as flow:
+        eip = flow.create_eip("203.0.113.10")
+        with tracing.tracer.start_as_current_span("caller.request") as root:
+            flow.attach(eip.uuid, nic="nic-1", guest_ip="10.0.0.5", vm="vm-1", host="h1", wait=False)
+        [item] = flow.work_items(eip_uuid=eip.uuid)
+        assert item.trace_context is not None and "traceparent" in item.trace_context
+    done = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, sqlite_url], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ran"] == 1
+    spans = out["spans"]
+    [work] = [s for s in spans if s["name"] == "eipflow.work"]
+    root_ctx = root.get_span_context()
+    assert (work["trace"], work["parent"]) == (root_ctx.trace_id, root_ctx.span_id)
+    assert {s["trace"] for s in spans} == {root_ctx.trace_id}  # transitions and the backend call too
+    assert sorted(s["name"] for s in spans if s["parent"] == work["span"]) == [
+        "eipflow.backend.apply", "eipflow.transition", "eipflow.transition"]
+
+
+def test_outside_a_span_or_without_tracing_no_context_is_stored(
+    sqlite_url: str, exported: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    tracing, _ = exported
+    with Eipflow.open(sqlite_url, InMemoryDataplane()) as flow:
+        first = flow.create_eip("203.0.113.10")
+        flow.attach(first.uuid, nic="nic-1", guest_ip="10.0.0.5", vm="vm-1", host="h1", wait=False)
+        tracing.uninstall()
+        second = flow.create_eip("203.0.113.11")
+        with tracing.tracer.start_as_current_span("untraced"):
+            flow.attach(second.uuid, nic="nic-2", guest_ip="10.0.0.6", vm="vm-2", host="h1", wait=False)
+        assert [w.trace_context for w in flow.work_items()] == [None, None]

@@ -132,6 +132,8 @@ class WorkRow(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
     #: the fencing token the backend call carries (NULL until an attach's apply leaves ``binding``)
     generation: int | None = Field(default=None, sa_type=sa.BigInteger)
+    #: the creating caller's trace context (W3C, JSON) when tracing is on, so a worker continues that trace
+    trace_context: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class VmRow(SQLModel, table=True):

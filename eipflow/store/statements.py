@@ -161,6 +161,11 @@ def history_params(plan: Any, at: Any) -> dict[str, Any]:
     }
 
 
+#: Set by :mod:`eipflow.otel` while tracing is installed: the current trace context as text, stored on every
+#: work item created in it (``None``: no tracing, nothing stored). The core never imports OpenTelemetry.
+trace_carrier: Callable[[], str | None] | None = None
+
+
 def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], Any] = _same) -> dict[str, Any]:
     """The work-item row a :class:`~eipflow.store.NewWork` inserts; ``out`` converts datetimes for the executor."""
     stamp = out(now)
@@ -181,6 +186,7 @@ def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], An
         "created_at": stamp,
         "updated_at": stamp,
         "generation": work.generation,
+        "trace_context": trace_carrier() if trace_carrier is not None else None,
     }
 
 
@@ -193,5 +199,5 @@ def work_item(m: Mapping[str, Any]) -> WorkItem:
         id=m["id"], eip_uuid=m["eip_uuid"], action=m["action"], spec=spec, status=m["status"],
         attempts=m["attempts"], due_at=m["due_at"], lease_owner=m["lease_owner"],
         lease_expires_at=m["lease_expires_at"], last_error=m["last_error"], cleanup=bool(m["cleanup"]),
-        created_at=m["created_at"], updated_at=m["updated_at"],
+        created_at=m["created_at"], updated_at=m["updated_at"], trace_context=m.get("trace_context"),
     )
