@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import structlog
+from ._logging import get_logger
 
 if TYPE_CHECKING:
     from .store import Store
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Heartbeat"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class Heartbeat:

@@ -125,7 +125,12 @@ def test_no_secret_of_a_database_url_is_ever_printed(capsys: pytest.CaptureFixtu
     for args in (("eip", "list"), ("db", "current"), ("--json", "eip", "list")):
         code, out, err = run(capsys, url, *args)
         assert code == 1, (args, err)
-        assert "ter2" not in out + err and err.startswith("error: database "), err
+        assert "ter2" not in out + err
+        if "--json" in args:  # the error is one JSON document on stdout
+            error = json.loads(out)["error"]
+            assert (error["type"], error["exit_code"]) == ("DatabaseError", 1) and error["message"].startswith("database ")
+        else:
+            assert err.startswith("error: database "), err
 
 
 def test_a_file_that_is_not_sqlite_is_a_database_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
-
 from .. import validation as v
+from .._logging import get_logger
 from ..backends.nftables import ANNOUNCE_MODES, check_interface
 from ..errors import InvalidInput
 
@@ -52,7 +51,7 @@ __all__ = [
     "load_hosts", "parse_hosts",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MIN_TOKEN_LENGTH = 16
 #: a token of one repeated letter (or two) is not a secret, whatever its length

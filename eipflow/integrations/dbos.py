@@ -79,11 +79,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import structlog
 from dbos import DBOS, DBOSConfig, StepOptions
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .._logging import get_logger
 from ..api import Eipflow
 from ..errors import ConflictError, EipflowError, InvalidInput, StepPending
 from ..faultpoints import crash_point
@@ -94,7 +94,7 @@ from . import FlowSource, resolve_flow
 
 __all__ = ["DEFAULT_STEP_OPTIONS", "EipflowSteps", "operation_id", "retryable", "shared_config"]
 
-log = structlog.get_logger("eipflow.integrations.dbos")
+log = get_logger("eipflow.integrations.dbos")
 T = TypeVar("T")
 
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")

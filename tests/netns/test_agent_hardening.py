@@ -210,9 +210,9 @@ def test_tls_serves_and_the_client_verifies_the_configured_ca(tmp_path: Path, ca
     assert dataplane.rules() == [s]
 
 
-def vars_of(s: EipSpec) -> dict[str, str]:
+def vars_of(s: EipSpec) -> dict[str, object]:
     return {"eip_uuid": s.eip_uuid, "vip": s.vip, "vm_nic_uuid": s.vm_nic_uuid, "guest_ip": s.guest_ip,
-            "host_uuid": s.host_uuid}
+            "host_uuid": s.host_uuid, "generation": s.generation}
 
 
 def test_mtls_replaces_the_token_and_refuses_clients_without_a_certificate(tmp_path: Path, ca: trustme.CA) -> None:

@@ -84,7 +84,7 @@ def test_zone_ids_sent_straight_to_a_real_agent_are_refused_and_change_nothing(t
     ns = topo.hosts["host-1"]
     before = (topo.lab.ruleset(ns), topo.lab.run(ns, "ip", "-j", "addr", "show").stdout)
     body = {"eip_uuid": "6f1c0d1e-8a52-4c3e-9d0b-1f2e3a4b5c6d", "vip": "2001:db8::100", "vm_nic_uuid": "nic-1",
-            "guest_ip": guest, "host_uuid": "host-1"}
+            "guest_ip": guest, "host_uuid": "host-1", "generation": 1}
     with raw(topo, "host-1") as client:
         answer = client.post("/v1/apply", json=body)
         assert answer.status_code == 422 and "zone ID" in answer.json()["error"]
