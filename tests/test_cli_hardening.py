@@ -128,7 +128,8 @@ def test_no_secret_of_a_database_url_is_ever_printed(capsys: pytest.CaptureFixtu
         assert "ter2" not in out + err
         if "--json" in args:  # the error is one JSON document on stdout
             error = json.loads(out)["error"]
-            assert (error["type"], error["exit_code"]) == ("DatabaseError", 1) and error["message"].startswith("database ")
+            assert (error["type"], error["exit_code"]) == ("DatabaseError", 1)
+            assert error["message"].startswith("database ")
         else:
             assert err.startswith("error: database "), err
 
