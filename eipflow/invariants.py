@@ -68,7 +68,8 @@ def check(store: Store, backend: object | None = None, *, quiescent: bool = True
         store: the store to read.
         backend: a backend; when it implements ``rules()`` the dataplane must equal exactly the set of
             attached EIPs on their recorded hosts, and when it records ``overlaps`` (the simulated ones)
-            no EIP may have seen two backend calls in flight at once.
+            no EIP may have seen two *effective* backend calls (calls that changed a host) in flight on
+            one host at once — a call the host's generation check refused changes nothing.
         quiescent: also require that no EIP is in flight and no work is due or running.
     """
     out: list[Violation] = []
@@ -111,7 +112,7 @@ def check(store: Store, backend: object | None = None, *, quiescent: bool = True
     overlaps = getattr(backend, "overlaps", None)
     if overlaps:
         for uuid in sorted(set(overlaps)):
-            out.append(Violation("backend.overlap", uuid, "two backend calls were in flight at once"))
+            out.append(Violation("backend.overlap", uuid, "two effective backend calls were in flight at once"))
     return out
 
 

@@ -71,7 +71,7 @@ class _Simulated:
             if any(end > started for _, end in spans):
                 self.overlaps.append(spec.eip_uuid)
             spans.append((started, ended))
-            del spans[:-8]  # a span older than the last few cannot overlap a call still in flight here
+            del spans[:-64]  # bounded memory: far more calls than a test keeps in flight at once
 
     def _inside(self, action: str, spec: EipSpec) -> None:
         """Hook: runs once a call is in flight, before its effect (tests run concurrent actors here)."""
