@@ -19,13 +19,15 @@ from __future__ import annotations
 import random
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ._logging import get_logger
 from .backends.base import Backend
+from .backends.batch import MAX_BATCH, Change, run_changes
 from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition, StaleGeneration, VersionConflict
 from .faultpoints import crash_point
 from .heartbeat import Heartbeat
@@ -298,62 +300,181 @@ class Runner:
         return item
 
     def _execute(self, item: WorkItem) -> None:
-        if item.cleanup:
-            self._run_cleanup(item)
-            return
-        eip = self.store.get(item.eip_uuid)
-        if eip is None or eip.work_id != item.id:
-            # The state moved on without this item (it cannot happen through the runner; be safe).
-            self.store.set_work_status(item.id, self.owner, "cancelled", error="superseded")
-            return
-        spec = item.spec
-        if eip.state == "binding":
-            eip = self._complete(item, "proceed")
-            if eip is None or eip.state != "applying":
-                return
-            assert eip.applied_host is not None and eip.vm_nic_uuid and eip.guest_ip
-            spec = EipSpec(eip.uuid, eip.vip, eip.vm_nic_uuid, eip.guest_ip, eip.applied_host, eip.version)
-        assert spec is not None
-        error = self._call(item.action, spec)
-        if item.action == "apply":
-            if error is None:
-                done = self._complete(item, "apply_ok", spec=spec)
-            else:
-                done = self._complete(item, "apply_failed", spec=spec, error=error)
-            if done is None and (error is None or isinstance(error, BackendTimeout)):
-                self._orphaned_apply(item, spec)  # fenced out after a (maybe) successful apply
+        self._execute_batch([item])
+
+    def drive_many(self, uuids: Sequence[str], *, max_rounds: int = 64) -> dict[str, Eip]:
+        """:meth:`drive` for many EIPs at once (a VM's, a host's): claim, call and complete in batches.
+
+        Each round leases every EIP's due work item in one transaction, makes one backend call per host
+        (and :data:`MAX_BATCH` changes), and completes them all in one transaction — O(1) transactions
+        and backend calls per batch whatever the number of EIPs. Items leased by someone else are left to
+        them. Returns the rows that still exist, by uuid.
+        """
+        pending = list(dict.fromkeys(uuids))
+        for _ in range(max_rounds):
+            rows = self.store.get_many(pending)
+            work_ids = [r.work_id for r in rows.values() if r.work_id is not None]
+            if not work_ids:
+                break
+            items = self.store.claim_many(work_ids, self.owner, self.lease_seconds)
+            if not items:
+                break
+            self.run_batch(items)
+            pending = [item.eip_uuid for item in items]  # only these can have new work for us now
+        return self.store.get_many(uuids)
+
+    def run_batch(self, items: Sequence[WorkItem]) -> list[WorkItem]:
+        """Execute items this runner's owner leased (a worker's batch claim, a VM's fan-out), batched.
+
+        Exactly what :meth:`run_claimed` does for each item, with the statements and backend calls shared:
+        the rows are read in one go, binding items proceed in one transaction, each host's changes go in
+        one backend call, and the completions are written in one transaction, each fenced by its row's
+        version and its item's lease. An item whose fence fails there completes on the single path.
+        """
+        items = list(items)
+        if len({i.eip_uuid for i in items}) != len(items):
+            # Two items of one EIP (a cleanup beside its state's item): run them one by one, in order.
+            for item in items:
+                self.run_claimed(item)
+            return items
+        with ExitStack() as held:
+            for item in items:
+                held.enter_context(self.heartbeat.holding(item))
+            log.debug("work.claimed_batch", size=len(items))
+            crash_point("after_claim")
+            self._execute_batch(items)
+        return items
+
+    def _execute_batch(self, items: list[WorkItem]) -> None:
+        """Run leased items: the one home of what executing a work item means, for one item or many."""
+        if len(items) == 1:
+            one = self.store.get(items[0].eip_uuid)  # the hot path's read (the fast path, the row cache)
+            rows = {one.uuid: one} if one is not None else {}
         else:
-            if isinstance(error, StaleGeneration):
-                error = None  # the host holds only something newer than this revoke: nothing of ours is left
-            self._complete(item, "revoke_ok" if error is None else "revoke_failed", spec=spec, error=error)
+            rows = self.store.get_many(i.eip_uuid for i in items)
+        calls: list[tuple[WorkItem, str, EipSpec]] = []
+        binding: list[WorkItem] = []
+        for item in items:
+            eip = rows.get(item.eip_uuid)
+            if item.cleanup:
+                assert item.spec is not None
+                if eip is not None and eip.state in ("applying", "attached") and _realizes(eip, item.spec):
+                    self.store.set_work_status(item.id, self.owner, "cancelled", error="rule is wanted again")
+                else:
+                    calls.append((item, "revoke", item.spec))
+            elif eip is None or eip.work_id != item.id:
+                self.store.set_work_status(item.id, self.owner, "cancelled", error="superseded")
+            elif eip.state == "binding":
+                binding.append(item)
+            else:
+                assert item.spec is not None
+                calls.append((item, item.action, item.spec))
+        if binding:
+            proceeded = self._complete_many([(item, "proceed", None, None) for item in binding])
+            for item in binding:
+                eip = proceeded.get(item.id)
+                if eip is None or eip.state != "applying":
+                    continue
+                assert eip.applied_host is not None and eip.vm_nic_uuid and eip.guest_ip
+                calls.append((item, item.action,
+                              EipSpec(eip.uuid, eip.vip, eip.vm_nic_uuid, eip.guest_ip, eip.applied_host, eip.version)))
+        errors = self._call_many([(action, spec) for _, action, spec in calls])
+        completions: list[tuple[WorkItem, str, EipSpec | None, BackendError | None]] = []
+        for (item, action, spec), error in zip(calls, errors, strict=True):
+            if item.cleanup:
+                self._finish_cleanup(item, error)
+            elif action == "apply":
+                completions.append((item, "apply_ok" if error is None else "apply_failed", spec, error))
+            else:
+                if isinstance(error, StaleGeneration):
+                    error = None  # the host holds only something newer than this revoke: nothing of ours is left
+                completions.append((item, "revoke_ok" if error is None else "revoke_failed", spec, error))
+        if not completions:
+            return
+        done = self._complete_many(completions)
+        for item, _event, done_spec, error in completions:
+            maybe_applied = error is None or isinstance(error, BackendTimeout)
+            if item.action == "apply" and done.get(item.id) is None and maybe_applied:
+                assert done_spec is not None
+                self._orphaned_apply(item, done_spec)  # fenced out after a (maybe) successful apply
 
     def _call(self, action: str, spec: EipSpec) -> BackendError | None:
-        started = time.perf_counter()
-        bound = log.bind(eip_uuid=spec.eip_uuid, host_uuid=spec.host_uuid, action=action)
-        crash_point(f"before_{action}")
-        try:
-            (self.backend.apply if action == "apply" else self.backend.revoke)(spec)
-            crash_point(f"after_{action}")
-        except BackendError as exc:
-            err: BackendError = exc
-        except Exception as exc:  # noqa: BLE001 - any backend failure is an unknown outcome, retried
-            err = BackendTimeout(f"{type(exc).__name__}: {exc}")
-        else:
-            bound.info(f"backend.{action}_ok", generation=spec.generation,
-                       duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return None
-        if isinstance(err, StaleGeneration):
+        """One backend call (a batch of one); its error, or ``None`` when it was done."""
+        return self._call_many([(action, spec)])[0]
+
+    def _call_many(self, calls: Sequence[tuple[str, EipSpec]]) -> list[BackendError | None]:
+        """Backend calls, one per host and up to :data:`MAX_BATCH` changes (:func:`run_changes`).
+
+        Returns each change's error (``None``: done), in order. Every change is logged on its own
+        (``backend.apply_ok``, ``backend.revoke_refused``, …) with the batch it went in.
+        """
+        errors: list[BackendError | None] = [None] * len(calls)
+        by_host: dict[str, list[int]] = {}
+        for i, (_, spec) in enumerate(calls):
+            by_host.setdefault(spec.host_uuid, []).append(i)
+        for host, indexes in by_host.items():
+            for start in range(0, len(indexes), MAX_BATCH):
+                chunk = indexes[start:start + MAX_BATCH]
+                changes = [Change(calls[i][0], calls[i][1]) for i in chunk]
+                actions = sorted({c.action for c in changes})
+                started = time.perf_counter()
+                for action in actions:
+                    crash_point(f"before_{action}")
+                results = run_changes(self.backend, host, changes)
+                if any(r.ok for r in results):
+                    for action in actions:
+                        crash_point(f"after_{action}")
+                duration_ms = round((time.perf_counter() - started) * 1000, 3)
+                for i, change, result in zip(chunk, changes, results, strict=True):
+                    errors[i] = result.error if not result.ok else None
+                    self._log_call(change, result.error if not result.ok else None, duration_ms, len(changes))
+        return errors
+
+    @staticmethod
+    def _log_call(change: Change, err: BackendError | None, duration_ms: float, batch: int) -> None:
+        action, spec = change.action, change.spec
+        bound = log.bind(eip_uuid=spec.eip_uuid, host_uuid=spec.host_uuid, action=action, batch=batch)
+        if err is None:
+            bound.info(f"backend.{action}_ok", generation=spec.generation, duration_ms=duration_ms)
+        elif isinstance(err, StaleGeneration):
             bound.warning(f"backend.{action}_refused", generation=spec.generation, host_generation=err.current,
-                          reason=err.reason, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return err
-        bound.warning(
-            f"backend.{action}_failed",
-            error=str(err),
-            retryable=err.retryable,
-            outcome_unknown=isinstance(err, BackendTimeout),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return err
+                          reason=err.reason, duration_ms=duration_ms)
+        else:
+            bound.warning(f"backend.{action}_failed", error=str(err), retryable=err.retryable,
+                          outcome_unknown=isinstance(err, BackendTimeout), duration_ms=duration_ms)
+
+    def _completion_plan(
+        self, item: WorkItem, event: str, spec: EipSpec | None, error: BackendError | None, eip: Eip, vm: Vm | None
+    ) -> tuple[PlannedTransition, dict[str, Any] | None]:
+        """The fenced completion of ``item`` for ``event`` on the row as read, and its reschedule (if any).
+
+        Raises ``_Fenced`` (the row's work item is not ours) or ``_NotOurBinding`` (a rollback found
+        somebody else's binding); whatever :meth:`_plan` raises propagates.
+        """
+        if eip.work_id != item.id:
+            raise _Fenced
+        if (
+            event == "revoke_ok"
+            and eip.state == "rolling_back"
+            and item.spec is not None
+            and (eip.vm_nic_uuid, eip.guest_ip) != (item.spec.vm_nic_uuid, item.spec.guest_ip)
+        ):
+            raise _NotOurBinding
+        retry_update: dict[str, Any] | None = None
+        changes: dict[str, Any] = _placement(eip, vm)
+        details: dict[str, Any] = {"work_id": item.id, "attempt": item.attempts}
+        if spec is not None:
+            details["host_uuid"] = spec.host_uuid
+        if error is not None:
+            changes["last_error"] = f"{item.action} on {spec.host_uuid if spec else '?'}: {error}"
+            details["error"] = str(error)
+            if self._would_stay(eip, event, changes):
+                retry_update = self._reschedule(item, error)
+                details["retry"] = retry_update["status"]
+                if retry_update["status"] == "parked":
+                    changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
+        plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
+        return plan, retry_update
 
     def _complete(
         self, item: WorkItem, event: str, *, spec: EipSpec | None = None, error: BackendError | None = None
@@ -367,42 +488,19 @@ class Runner:
 
         def decide(eip: Eip, vm: Vm | None) -> PlannedTransition:
             nonlocal retry_update, seen
-            retry_update = None
             seen = eip.version
-            if eip.work_id != item.id:
-                raise _Fenced
-            if (
-                event == "revoke_ok"
-                and eip.state == "rolling_back"
-                and item.spec is not None
-                and (eip.vm_nic_uuid, eip.guest_ip) != (item.spec.vm_nic_uuid, item.spec.guest_ip)
-            ):
-                raise _NotOurBinding
-            changes: dict[str, Any] = _placement(eip, vm)
-            details: dict[str, Any] = {"work_id": item.id, "attempt": item.attempts}
-            if spec is not None:
-                details["host_uuid"] = spec.host_uuid
-            if error is not None:
-                changes["last_error"] = f"{item.action} on {spec.host_uuid if spec else '?'}: {error}"
-                details["error"] = str(error)
-                if self._would_stay(eip, event, changes):
-                    retry_update = self._reschedule(item, error)
-                    details["retry"] = retry_update["status"]
-                    if retry_update["status"] == "parked":
-                        changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
-            plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
+            plan, retry_update = self._completion_plan(item, event, spec, error, eip, vm)
             crash_point("before_complete", event)
             return plan
 
         for _ in range(MAX_CAS_ATTEMPTS):
+            retry_update = None
             try:
                 done = self.store.transition(item.eip_uuid, decide, with_vm=True)
             except (_Fenced, EipNotFound, LeaseLost):
                 return None
             except _NotOurBinding:
-                # Somebody else owns the binding now: revoke our own rule only, never their binding.
-                log.warning("rollback.skipped", eip_uuid=item.eip_uuid, work_id=item.id)
-                self.store.set_work_status(item.id, self.owner, "done")
+                self._not_our_binding(item)
                 return None
             if done is None:
                 self.conflicts += 1
@@ -414,6 +512,63 @@ class Runner:
                 log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
             return result
         raise VersionConflict(item.eip_uuid, seen, MAX_CAS_ATTEMPTS)
+
+    def _not_our_binding(self, item: WorkItem) -> None:
+        # Somebody else owns the binding now: revoke our own rule only, never their binding.
+        log.warning("rollback.skipped", eip_uuid=item.eip_uuid, work_id=item.id)
+        self.store.set_work_status(item.id, self.owner, "done")
+
+    def _complete_many(
+        self, entries: Sequence[tuple[WorkItem, str, EipSpec | None, BackendError | None]]
+    ) -> dict[int, Eip | None]:
+        """Fenced completions of many items (distinct EIPs) in one transaction; by work id, as :meth:`_complete`.
+
+        Rows and VM facts are read in bulk and every completion is decided exactly as :meth:`_complete`
+        decides it; the plans are then written by one :meth:`Store.commit_many`. If any fence does not
+        hold there (another caller moved a row), each completion goes the single path and decides again.
+        """
+        started = time.perf_counter()
+        out: dict[int, Eip | None] = {}
+        if len(entries) == 1:
+            item, event, spec, error = entries[0]
+            return {item.id: self._complete(item, event, spec=spec, error=error)}
+        rows = self.store.get_many(item.eip_uuid for item, *_ in entries)
+        vms = self.store.vms(r.vm_uuid for r in rows.values() if r.vm_uuid is not None)
+        planned = []
+        for item, event, spec, error in entries:
+            if spec is not None and item.spec is None:
+                item = _with_spec(item, spec)
+            eip = rows.get(item.eip_uuid)
+            if eip is None:
+                out[item.id] = None
+                continue
+            try:
+                plan, retry_update = self._completion_plan(
+                    item, event, spec, error, eip, vms.get(eip.vm_uuid) if eip.vm_uuid else None)
+            except _Fenced:
+                out[item.id] = None
+                continue
+            except _NotOurBinding:
+                self._not_our_binding(item)
+                out[item.id] = None
+                continue
+            except (IllegalTransition, NotApplicable):
+                plan, retry_update = None, None  # let the single path raise or decide on a fresh row
+            planned.append((item, event, spec, error, plan, retry_update))
+        crash_point("before_complete", "batch")
+        plans = [p[4] for p in planned]
+        written = self.store.commit_many(plans) if len(plans) > 1 and all(plans) else None  # type: ignore[arg-type]
+        if written is None:
+            for item, event, spec, error, _plan, _retry in planned:
+                out[item.id] = self._complete(item, event, spec=spec, error=error)
+            return out
+        for (item, _event, _spec, _error, plan, retry_update), result in zip(planned, written, strict=True):
+            assert plan is not None
+            self._log_transition(plan, result, started, batch=len(planned))
+            if retry_update is not None:
+                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
+            out[item.id] = result
+        return out
 
     def _would_stay(self, eip: Eip, event: str, changes: Mapping[str, Any]) -> bool:
         return resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid) == eip.state
@@ -445,13 +600,7 @@ class Runner:
         )
         log.warning("work.orphan_revoke_enqueued", eip_uuid=item.eip_uuid, work_id=work_id, host_uuid=spec.host_uuid)
 
-    def _run_cleanup(self, item: WorkItem) -> None:
-        assert item.spec is not None
-        eip = self.store.get(item.eip_uuid)
-        if eip is not None and eip.state in ("applying", "attached") and _realizes(eip, item.spec):
-            self.store.set_work_status(item.id, self.owner, "cancelled", error="rule is wanted again")
-            return
-        error = self._call("revoke", item.spec)
+    def _finish_cleanup(self, item: WorkItem, error: BackendError | None) -> None:
         if error is None:
             self.store.set_work_status(item.id, self.owner, "done")
             return

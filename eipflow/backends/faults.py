@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,16 +138,18 @@ class Faults:
                 gate.release()
             self._gates.clear()
 
-    def before(self, action: str, spec: EipSpec) -> _Failure | None:
-        """Called before the effect: waits at gates, sleeps latency, returns the failure to inject."""
+    def before(self, action: str, spec: EipSpec, *, latency: bool = True) -> _Failure | None:
+        """Called before the effect: waits at gates, sleeps latency, returns the failure to inject.
+
+        ``latency=False`` for the changes of a batch: the batch waits once (:meth:`batch_latency`).
+        """
         with self._lock:
             gates = [g for g in self._gates if not g.after and g.matches(action, spec)]
         for gate in gates:
             gate._pass()
         _env_gate(action)
-        delay = self.latency_s.get(action, 0.0)
-        if delay > 0:
-            time.sleep(delay)  # simulated backend latency (the simulate command), never a test's wait
+        if latency:
+            self.sleep_latency((action,))
         with self._lock:
             for failure in self._failures:
                 if failure.matches(action, spec):
@@ -159,6 +162,18 @@ class Faults:
             if want == action and host in ("", spec.host_uuid):
                 return _Failure(action, None, None, None, False, True, f"simulated {action} failure (EIPFLOW_SIM_FAIL)")
         return None
+
+    def sleep_latency(self, actions: Iterable[str]) -> None:
+        """One round trip's simulated latency for a call of ``actions`` (the slowest of them)."""
+        delay = max((self.latency_s.get(a, 0.0) for a in actions), default=0.0)
+        if delay > 0:
+            time.sleep(delay)  # simulated backend latency (the simulate command), never a test's wait
+
+    @staticmethod
+    def error_for(failure: _Failure) -> BackendError:
+        if failure.timeout:
+            return BackendTimeout(failure.message)
+        return BackendError(failure.message, retryable=failure.retryable)
 
     @staticmethod
     def raise_for(failure: _Failure) -> None:

@@ -9,6 +9,7 @@ overlap, and consult a :class:`~eipflow.backends.faults.Faults` plan.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..errors import StaleGeneration
 from ..store.database import retry_transient, translate_errors
 from ..store.schema import SimRuleRow
 from ..values import EipSpec
+from .batch import Change, ChangeResult, result_of
 from .faults import Faults
 from .fencing import HostRecord, decide, record_after
 
@@ -52,10 +54,16 @@ class _Simulated:
         self._lock = threading.Lock()
         self._seq = 0
         self._effective: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (host, eip) -> [(start, end)]
+        #: the size of every backend call (a single apply or revoke is a batch of one)
+        self.batches: list[int] = []
 
-    # storage, by subclasses: judge the call with fencing.decide and realize it atomically
-    def _effect(self, action: str, spec: EipSpec) -> bool:
-        """Apply the generation rule and realize the call; ``True`` when the host's state changed."""
+    # storage, by subclasses: judge each call with fencing.decide and realize the batch atomically
+    def _effect_many(self, changes: Sequence[Change]) -> list[bool | StaleGeneration]:
+        """Apply the generation rule to each change and realize the accepted ones, all at once.
+
+        Per change: ``True`` when the host's state changed, ``False`` for an idempotent repeat, or the
+        :class:`~eipflow.StaleGeneration` that refused it (nothing changed for that one).
+        """
         raise NotImplementedError
 
     def _tick(self) -> int:
@@ -76,25 +84,46 @@ class _Simulated:
     def _inside(self, action: str, spec: EipSpec) -> None:
         """Hook: runs once a call is in flight, before its effect (tests run concurrent actors here)."""
 
+    def apply_changes(self, host_uuid: str, changes: Sequence[Change]) -> list[ChangeResult]:
+        """The batch call: every change judged on its own, the accepted ones realized in one write."""
+        self.faults.sleep_latency({c.action for c in changes})  # one round trip for the whole batch
+        results: list[ChangeResult | None] = [None] * len(changes)
+        started: list[int] = []
+        going: list[tuple[int, Any]] = []  # (index, the timeout to report once the effect happened)
+        for i, change in enumerate(changes):
+            if change.spec.host_uuid != host_uuid:
+                raise ValueError(f"{change.spec.eip_uuid}: a change for {change.spec.host_uuid} in {host_uuid}'s batch")
+            started.append(self._tick())
+            self._inside(change.action, change.spec)
+            failure = self.faults.before(change.action, change.spec, latency=False)
+            if failure is not None and not failure.timeout:
+                self._log(change.action, change.spec, "failed")
+                results[i] = result_of(self.faults.error_for(failure))
+            else:
+                going.append((i, failure))
+        outcomes = self._effect_many([changes[i] for i, _ in going]) if going else []
+        for (i, failure), outcome in zip(going, outcomes, strict=True):
+            change = changes[i]
+            if isinstance(outcome, StaleGeneration):
+                self._log(change.action, change.spec, "refused")
+                results[i] = result_of(outcome)
+                continue
+            if outcome:
+                self._finished(change.spec, started[i])  # the host is done with it; only the answer may be held
+            self.faults.after(change.action, change.spec)
+            if failure is not None:
+                self._log(change.action, change.spec, "timeout")
+                results[i] = result_of(self.faults.error_for(failure))
+                continue
+            self._log(change.action, change.spec, "ok")
+            results[i] = result_of(None)
+        self.batches.append(len(changes))
+        return [r for r in results if r is not None]
+
     def _call(self, action: str, spec: EipSpec) -> None:
-        started = self._tick()
-        self._inside(action, spec)
-        failure = self.faults.before(action, spec)
-        if failure is not None and not failure.timeout:
-            self._log(action, spec, "failed")
-            self.faults.raise_for(failure)
-        try:
-            changed = self._effect(action, spec)
-        except StaleGeneration:
-            self._log(action, spec, "refused")
-            raise
-        if changed:
-            self._finished(spec, started)  # the host is done with it; only the answer may still be held
-        self.faults.after(action, spec)
-        if failure is not None:
-            self._log(action, spec, "timeout")
-            self.faults.raise_for(failure)
-        self._log(action, spec, "ok")
+        (result,) = self.apply_changes(spec.host_uuid, [Change(action, spec)])
+        if result.error is not None:
+            raise result.error
 
     def _log(self, action: str, spec: EipSpec, outcome: str) -> None:
         with self._lock:
@@ -118,13 +147,21 @@ class InMemoryDataplane(_Simulated):
         super().__init__()
         self._records: dict[tuple[str, str], HostRecord] = {}
 
-    def _effect(self, action: str, spec: EipSpec) -> bool:
-        key = (spec.host_uuid, spec.eip_uuid)
-        with self._lock:  # the host's per-EIP check and write are one step
-            record = self._records.get(key)
-            decision = decide(record, action, spec)
-            self._records[key] = record_after(record, decision, spec)
-            return not decision.same
+    def _effect_many(self, changes: Sequence[Change]) -> list[bool | StaleGeneration]:
+        out: list[bool | StaleGeneration] = []
+        with self._lock:  # the host's per-EIP checks and writes are one step
+            for change in changes:
+                spec = change.spec
+                key = (spec.host_uuid, spec.eip_uuid)
+                record = self._records.get(key)
+                try:
+                    decision = decide(record, change.action, spec)
+                except StaleGeneration as exc:
+                    out.append(exc)
+                    continue
+                self._records[key] = record_after(record, decision, spec)
+                out.append(not decision.same)
+        return out
 
     def record(self, host_uuid: str, eip_uuid: str) -> HostRecord | None:
         """What the host remembers of the EIP (its generation, and the rule or a tombstone)."""
@@ -178,30 +215,63 @@ class SimulatedDataplane(_Simulated):
         return HostRecord(row.generation, None if row.revoked else spec)
 
     @retry_transient
-    def _effect(self, action: str, spec: EipSpec) -> bool:
+    def _effect_many(self, changes: Sequence[Change]) -> list[bool | StaleGeneration]:
+        """One transaction per batch: read the host's records of its EIPs (locked), judge each change,
+        then one executemany INSERT of first records and one executemany UPDATE of changed ones."""
         engine = self._db()
-        key = (RULE.c.host_uuid == spec.host_uuid, RULE.c.eip_uuid == spec.eip_uuid)
-        select = sa.select(RULE).where(*key)
+        host = changes[0].spec.host_uuid
+        uuids = [c.spec.eip_uuid for c in changes]
+        if len(set(uuids)) != len(uuids):
+            raise ValueError("a batch holds at most one change per EIP")
+        select = sa.select(RULE).where(RULE.c.host_uuid == host, RULE.c.eip_uuid.in_(uuids))
         if engine.dialect.name != "sqlite":
             select = select.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the write lock
         for _ in range(5):
             try:
                 with translate_errors(engine), engine.begin() as conn:
-                    row = conn.execute(select).first()
-                    record = self._record(row) if row is not None else None
-                    decision = decide(record, action, spec)
-                    after = record_after(record, decision, spec)
-                    kept = after.spec or (record.spec if record is not None else None) or spec
-                    values = {"vip": kept.vip, "vm_nic_uuid": kept.vm_nic_uuid, "guest_ip": kept.guest_ip,
-                              "generation": after.generation, "revoked": after.revoked, "applied_at": utcnow()}
-                    if row is None:
-                        conn.execute(RULE.insert().values(host_uuid=spec.host_uuid, eip_uuid=spec.eip_uuid, **values))
-                    elif not decision.same:
-                        conn.execute(RULE.update().where(*key).values(**values))
-                    return not decision.same
+                    held = {row.eip_uuid: self._record(row) for row in conn.execute(select)}
+                    out: list[bool | StaleGeneration] = []
+                    inserts: list[dict[str, Any]] = []
+                    updates: list[dict[str, Any]] = []
+                    now = utcnow()
+                    for change in changes:
+                        spec = change.spec
+                        record = held.get(spec.eip_uuid)
+                        try:
+                            decision = decide(record, change.action, spec)
+                        except StaleGeneration as exc:
+                            out.append(exc)
+                            continue
+                        after = record_after(record, decision, spec)
+                        kept = after.spec or (record.spec if record is not None else None) or spec
+                        values = {"b_eip": spec.eip_uuid, "vip": kept.vip, "vm_nic_uuid": kept.vm_nic_uuid,
+                                  "guest_ip": kept.guest_ip, "generation": after.generation,
+                                  "revoked": after.revoked, "applied_at": now}
+                        if record is None:
+                            inserts.append(values)
+                        elif not decision.same:
+                            updates.append(values)
+                        out.append(not decision.same)
+                    if inserts:
+                        conn.execute(self._insert_stmt(host), inserts)
+                    if updates:
+                        conn.execute(self._update_stmt(host), updates)
+                    return out
             except sa.exc.IntegrityError:
-                continue  # another process inserted the first record meanwhile: judge against it
-        raise RuntimeError(f"could not record {action} of {spec.eip_uuid}")  # pragma: no cover
+                continue  # another process inserted a first record meanwhile: judge against it
+        raise RuntimeError(f"could not record a batch of {len(changes)} on {host}")  # pragma: no cover
+
+    @staticmethod
+    def _insert_stmt(host: str) -> Any:
+        return RULE.insert().values(
+            host_uuid=host, eip_uuid=sa.bindparam("b_eip"),
+            **{c: sa.bindparam(c) for c in ("vip", "vm_nic_uuid", "guest_ip", "generation", "revoked", "applied_at")})
+
+    @staticmethod
+    def _update_stmt(host: str) -> Any:
+        return (RULE.update().where(RULE.c.host_uuid == host, RULE.c.eip_uuid == sa.bindparam("b_eip"))
+                .values(**{c: sa.bindparam(c) for c in ("vip", "vm_nic_uuid", "guest_ip", "generation", "revoked",
+                                                        "applied_at")}))
 
     def rules(self, host_uuid: str | None = None) -> list[EipSpec]:
         stmt = sa.select(RULE).where(RULE.c.revoked == sa.false()).order_by(RULE.c.host_uuid, RULE.c.eip_uuid)

@@ -114,15 +114,17 @@ def due_picks(limit: Any) -> list[Any]:
     ]
 
 
-def work_claim() -> Any:
+def work_claim(*, many: bool = False) -> Any:
     """Lease one item: ``UPDATE eip_work SET status='running', lease… WHERE id AND (due pending OR lease expired)``.
 
-    The lease runs until the shared clock's now + ``:s_lease_us`` µs.
+    The lease runs until the shared clock's now + ``:s_lease_us`` µs. With ``many``, the items whose ids
+    are in the expanding ``:ids`` list.
     """
+    which = WORK.c.id.in_(sa.bindparam("ids", expanding=True)) if many else WORK.c.id == sa.bindparam("w_id")
     return (
         WORK.update()
         .where(
-            WORK.c.id == sa.bindparam("w_id"),
+            which,
             sa.or_(*due_conditions(sa.bindparam("w_now"))),
         )
         .values(

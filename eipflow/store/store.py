@@ -10,7 +10,7 @@ again. Nothing here calls a backend, and no transaction outlives a method call.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
 from .schema import ClockRow, EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 from .statements import (
     db_now,
+    due_conditions,
     due_picks,
     eip_cas_delete,
     eip_cas_update,
@@ -49,6 +50,14 @@ _EIP_COLS = [c.name for c in EIP.columns]
 if tuple(_EIP_COLS) != tuple(Eip.__dataclass_fields__):  # _eip() builds an Eip positionally from a row
     raise ImportError("eipflow.values.Eip's fields must follow the eip table's columns, in order")
 _WORK_COLS = [c.name for c in WORK.columns]
+_SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
+#: ids or uuids per ``IN (…)`` list: well under every driver's bound-parameter limit
+IN_CHUNK = 500
+
+
+def _chunks(values: list[Any], size: int = IN_CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def fast_path_supported(engine: Engine) -> bool:
@@ -230,6 +239,15 @@ class Store:
         self._claim = work_claim()
         self._extend = lease_extend()
         self._due_expired, self._due_pending = due_picks(sa.bindparam("n"))
+        self._due_picks_batch = due_picks(sa.bindparam("n"))
+        self._claim_in = work_claim(many=True)
+        self._finish_work = (
+            WORK.update()
+            .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
+                   WORK.c.status == "running")
+            .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=sa.bindparam("s_now"))
+        )
+        self._work_update_cache: dict[tuple[str, ...], Any] = {}
         #: the shared clock leases are judged by (the database's); ``clock`` is this process's
         self.lease_clock = LeaseClock(self)
 
@@ -497,17 +515,18 @@ class Store:
 
     @retry_transient
     def commit_many(self, plans: Sequence[PlannedTransition]) -> list[Eip] | None:
-        """Execute many intent transitions (distinct EIPs) in one transaction with batched statements.
+        """Execute many transitions (distinct EIPs) in one transaction with batched statements.
 
-        For the release paths (a VM stop with thousands of EIPs): one multi-row INSERT of work items, one
-        executemany UPDATE per column set, one multi-row history INSERT — instead of three statements and a
-        commit per EIP. All or nothing: if any compare-and-swap loses, everything is rolled back and
-        ``None`` is returned; the caller then falls back to one :meth:`commit` per plan.
+        For the fan-outs (a VM stop, a host evacuation, a worker's batch of completions): one multi-row
+        INSERT of work items, one executemany UPDATE of work items per kind (finished, updated in place),
+        one executemany UPDATE (or DELETE) of EIP rows per column set, one multi-row history INSERT —
+        whatever the number of plans. Each plan is fenced exactly as :meth:`commit` fences it (version,
+        predicates, the leased item's id and owner). All or nothing: if any fence does not hold, everything
+        is rolled back and ``None`` is returned; the caller then goes one plan at a time, each deciding
+        again on a fresh row.
         """
         if not plans:
             return []
-        if any(p.finish_work or p.update_work or p.predicates or p.target == "deleted" for p in plans):
-            raise ValueError("commit_many takes intent transitions only (no work completion, no delete)")
         if len({p.eip.uuid for p in plans}) != len(plans):
             raise ValueError("commit_many takes one plan per EIP")
         dialect = self.engine.dialect
@@ -517,40 +536,162 @@ class Store:
         changes = [dict(p.changes) for p in plans]
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
+                finished = [{"w_id": p.finish_work.work_id, "w_owner": p.finish_work.owner, "s_now": now}
+                            for p in plans if p.finish_work is not None]
+                if finished and conn.execute(self._finish_work, finished).rowcount != len(finished):
+                    raise _CasLost  # a lease was lost: the single path says which
+                updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                for p in plans:
+                    if p.update_work is not None:
+                        up = p.update_work
+                        bound = {"w_id": up.work_id, "w_owner": up.owner, "s_updated_at": now}
+                        bound.update({f"s_{c}": v for c, v in up.values.items()})
+                        updates.setdefault(tuple(sorted(up.values)), []).append(bound)
+                for cols, batch in updates.items():
+                    if conn.execute(self._work_update_stmt(cols), batch).rowcount != len(batch):
+                        raise _CasLost
                 with_work = [i for i, p in enumerate(plans) if p.new_work is not None]
-                rows = []
-                for i in with_work:
-                    work = plans[i].new_work
-                    assert work is not None
-                    rows.append(work_params(plans[i].eip.uuid, work, now))
-                if rows:
+                if with_work:
+                    rows = [work_params(plans[i].eip.uuid, plans[i].new_work, now) for i in with_work]  # type: ignore[arg-type]
                     if dialect.insert_executemany_returning_sort_by_parameter_order:
                         stmt = WORK.insert().returning(WORK.c.id, sort_by_parameter_order=True)
                         ids = [r[0] for r in conn.execute(stmt, rows)]
-                    else:
+                    else:  # pragma: no cover - every supported database returns ids in order
                         ids = [self._insert_work_item(conn, plans[i].eip.uuid, plans[i].new_work, now)  # type: ignore[arg-type]
                                for i in with_work]
                     for i, work_id in zip(with_work, ids, strict=True):
                         changes[i]["work_id"] = work_id
-                groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                groups: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
                 for plan, change in zip(plans, changes, strict=True):
-                    change.update(state=plan.target, version=plan.eip.version + 1, updated_at=now)
                     params = {"w_uuid": plan.eip.uuid, "w_version": plan.eip.version}
+                    params.update({f"w_{c}": v for c, v in plan.predicates.items()})
+                    pred_cols = tuple(sorted(plan.predicates))
+                    if plan.target == "deleted":
+                        groups.setdefault((True, (), pred_cols), []).append(params)
+                        continue
+                    change.update(state=plan.target, version=plan.eip.version + 1, updated_at=now)
                     params.update({f"s_{c}": v for c, v in change.items()})
-                    groups.setdefault(tuple(sorted(change)), []).append(params)
-                for set_cols, batch in groups.items():
-                    if conn.execute(self._update_stmt(set_cols, ()), batch).rowcount != len(batch):
+                    groups.setdefault((False, tuple(sorted(change)), pred_cols), []).append(params)
+                for (delete, set_cols, pred_cols), batch in groups.items():
+                    stmt = self._delete_stmt(pred_cols) if delete else self._update_stmt(set_cols, pred_cols)
+                    if conn.execute(stmt, batch).rowcount != len(batch):
                         raise _CasLost
                 conn.execute(self._insert_history, [history_params(p, now) for p in plans])
-        except _CasLost:
-            return None
+        except (_CasLost, sa.exc.IntegrityError):
+            return None  # a lost fence or a colliding binding: the single path re-decides and says which
         out = []
         for plan, change in zip(plans, changes, strict=True):
             merged = {c: getattr(plan.eip, c) for c in _EIP_COLS}
             merged.update(change)
+            if plan.target == "deleted":
+                merged.update(state="deleted", version=plan.eip.version + 1, updated_at=now)
             out.append(Eip(**merged))
             if self._fast is not None:
                 self._fast.remember(out[-1])
+        return out
+
+    def _work_update_stmt(self, cols: tuple[str, ...]) -> Any:
+        stmt = self._work_update_cache.get(cols)
+        if stmt is None:
+            stmt = self._work_update_cache[cols] = (
+                WORK.update()
+                .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
+                       WORK.c.status == "running")
+                .values({c: sa.bindparam(f"s_{c}") for c in (*cols, "updated_at")})
+            )
+        return stmt
+
+    # -- batches ---------------------------------------------------------------------------------
+    def get_many(self, uuids: Iterable[str]) -> dict[str, Eip]:
+        """The rows of ``uuids`` that exist, by uuid (one SELECT per :data:`IN_CHUNK` uuids)."""
+        wanted = list(dict.fromkeys(uuids))
+        out: dict[str, Eip] = {}
+        with translate_errors(self.engine), self._read() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(sa.select(EIP).where(EIP.c.uuid.in_(chunk))):
+                    eip = _eip(row)
+                    out[eip.uuid] = eip
+        if self._fast is not None:
+            for eip in out.values():
+                self._fast.remember(eip)
+        return out
+
+    def vms(self, uuids: Iterable[str]) -> dict[str, Vm]:
+        """The recorded facts of the VMs ``uuids``, by uuid (one SELECT per :data:`IN_CHUNK` uuids)."""
+        wanted = list(dict.fromkeys(uuids))
+        out: dict[str, Vm] = {}
+        with translate_errors(self.engine), self._read() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(sa.select(VM).where(VM.c.uuid.in_(chunk))):
+                    m = row._mapping
+                    out[m["uuid"]] = Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+        return out
+
+    @retry_transient
+    def claim_many(self, work_ids: Iterable[int], owner: str, lease_seconds: float) -> list[WorkItem]:
+        """Lease every claimable item of ``work_ids`` to ``owner``: a few statements per :data:`IN_CHUNK` ids.
+
+        The same compare-and-swap as :meth:`claim` (due pending, or running with an expired lease on the
+        shared clock), for many items: claimable ids are picked and locked (``FOR UPDATE SKIP LOCKED`` on the
+        servers; SQLite's ``BEGIN IMMEDIATE`` holds the write lock), updated with the claim's own conditions
+        repeated, and read back. Items another owner holds, or that are finished, are left out.
+        """
+        return self._claim_batch(list(dict.fromkeys(work_ids)), owner, lease_seconds, limit=None)
+
+    @retry_transient
+    def claim_due(
+        self, owner: str, lease_seconds: float, limit: int, *, skip_locked: bool | None = None
+    ) -> list[WorkItem]:
+        """Lease up to ``limit`` due items (expired leases first, then pending by due time) in one transaction.
+
+        What workers call: candidates another worker's claim has locked are skipped, not waited for
+        (``FOR UPDATE SKIP LOCKED``, default on PostgreSQL and MariaDB/MySQL), and the UPDATE repeats the
+        claim's conditions, so the compare-and-swap stays the guarantee.
+        """
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, not {limit}")
+        return self._claim_batch(None, owner, lease_seconds, limit=limit, skip_locked=skip_locked)
+
+    def _claim_batch(self, work_ids: list[int] | None, owner: str, lease_seconds: float, *, limit: int | None,
+                     skip_locked: bool | None = None) -> list[WorkItem]:
+        now = self.clock.now()
+        lock = self.engine.dialect.name in _SKIP_LOCKED_DIALECTS if skip_locked is None else skip_locked
+        out: list[WorkItem] = []
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            if work_ids is None:
+                assert limit is not None
+                picked: list[int] = []
+                for pick in self._due_picks_batch:
+                    stmt = pick.with_for_update(skip_locked=True) if lock else pick
+                    picked += [r[0] for r in conn.execute(stmt, {"now": now, "n": limit - len(picked)})]
+                    if len(picked) >= limit:
+                        break
+                chunks = [picked] if picked else []
+            else:
+                chunks = []
+                for chunk in _chunks(work_ids):
+                    stmt = sa.select(WORK.c.id).where(WORK.c.id.in_(chunk), sa.or_(*due_conditions(now)))
+                    if lock:
+                        stmt = stmt.with_for_update(skip_locked=True)
+                    ids = [r[0] for r in conn.execute(stmt)]
+                    if ids:
+                        chunks.append(ids)
+            lease = lease_us(lease_seconds)
+            for ids in chunks:
+                if lock or self.engine.dialect.name == "sqlite":
+                    # The picked rows are locked by this transaction (SKIP LOCKED, or SQLite's write lock):
+                    # the claim's UPDATE, its conditions repeated, takes every one of them.
+                    claimed = conn.execute(
+                        self._claim_in, {"ids": ids, "w_now": now, "s_owner": owner, "s_lease_us": lease, "s_now": now}
+                    ).rowcount
+                    if claimed != len(ids):  # pragma: no cover - nobody else can have changed them
+                        raise RuntimeError(f"claimed {claimed} of {len(ids)} locked work items")
+                else:  # unlocked picks on a server: another claimer may win some; one compare-and-swap each
+                    ids = [i for i in ids if conn.execute(self._claim, {"w_id": i, "w_now": now, "s_owner": owner,
+                                                                        "s_lease_us": lease, "s_now": now}).rowcount]
+                    if not ids:
+                        continue
+                out += [_work(r) for r in conn.execute(sa.select(WORK).where(WORK.c.id.in_(ids)).order_by(WORK.c.id))]
         return out
 
     def _insert_work_item(self, conn: Connection, eip_uuid: str, work: NewWork, now: datetime) -> int:
