@@ -16,7 +16,11 @@ if TYPE_CHECKING:
     from .aio import AsyncEipflow
     from .api import DEFAULT_LEASE_SECONDS, Eipflow, connect
     from .backends import (
+        MAX_BATCH,
         Backend,
+        BatchBackend,
+        Change,
+        ChangeResult,
         Faults,
         Gate,
         HostRecord,
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
         ListsRules,
         SimulatedDataplane,
         load_backend,
+        run_changes,
     )
     from .clock import Clock, ManualClock, SystemClock
     from .errors import (
@@ -61,8 +66,9 @@ if TYPE_CHECKING:
 _MODULES: dict[str, str] = {
     "AsyncEipflow": ".aio",
     **dict.fromkeys(("DEFAULT_LEASE_SECONDS", "Eipflow", "connect"), ".api"),
-    **dict.fromkeys(("Backend", "Faults", "Gate", "HostRecord", "InMemoryDataplane", "ListsRules",
-                     "SimulatedDataplane", "load_backend"), ".backends"),
+    **dict.fromkeys(("MAX_BATCH", "Backend", "BatchBackend", "Change", "ChangeResult", "Faults", "Gate", "HostRecord",
+                     "InMemoryDataplane", "ListsRules", "SimulatedDataplane", "load_backend", "run_changes"),
+                    ".backends"),
     **dict.fromkeys(("Clock", "ManualClock", "SystemClock"), ".clock"),
     **dict.fromkeys((
         "AddressInUse", "AddressNotAllowed", "AttachFailed", "AttachSuperseded", "BackendError", "BackendTimeout",
@@ -94,6 +100,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "MAX_BATCH",
     "AddressInUse",
     "AddressNotAllowed",
     "AsyncEipflow",
@@ -102,6 +109,9 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendTimeout",
+    "BatchBackend",
+    "Change",
+    "ChangeResult",
     "Clock",
     "ConflictError",
     "DatabaseError",
@@ -144,4 +154,5 @@ __all__ = [
     "__version__",
     "connect",
     "load_backend",
+    "run_changes",
 ]

@@ -417,30 +417,56 @@ class Eipflow:
         fired = self.runner.fire_many(
             self.store.eips(vm_uuid=vm), event, placement, op_id=op_id, details={"vm": vm, "host": host}
         )
+        return self._fan_out(fired, wait)
+
+    def _fan_out(self, fired: list[Eip], wait: bool) -> list[Eip]:
+        """Run the work a batch of intents made, batched (one backend call per host, one completing
+        transaction per round), unless ``wait`` is false; the rows as they end, in ``fired``'s order."""
         if not wait:
             return fired  # the rows as written: no read-back per EIP
-        results = []
-        for eip in fired:
-            row = self.runner.drive(eip.uuid)
-            if row is not None:
-                results.append(row)
-        return results
+        rows = self.runner.drive_many([e.uuid for e in fired])
+        return [rows[e.uuid] for e in fired if e.uuid in rows]
+
+    def host_down(self, host: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:
+        """The host is down or being evacuated: every VM recorded running on it stopped there.
+
+        Records each such VM as stopped (compare-and-swapped on its fact, one statement per batch of VMs),
+        then releases all their EIPs exactly as :meth:`vm_stopped` does for one VM — bindings kept,
+        rules revoked — with the whole fan-out batched: O(1) transactions and one backend call per
+        :data:`~eipflow.MAX_BATCH` rules, whatever the number of VMs and EIPs. Revokes a down host cannot
+        answer stay durable work items, retried with backoff. Start the VMs elsewhere with
+        :meth:`vm_started` (or move them with :meth:`vm_migrated`).
+
+        Returns:
+            The EIPs released, as they end (``wait=False``: as their intents were recorded).
+        """
+        host = v.opaque_id("host", host)
+        return self._once(op_id, {"op": "host_down", "host": host},
+                          lambda: self._host_down(host, op_id, wait), _eips_out, _eips_in)
+
+    def _host_down(self, host: str, op_id: str | None, wait: bool) -> list[Eip]:
+        stopped = set(self.store.stop_vms_on(host))  # the facts first, as for one VM
+        def placement(row: Eip) -> dict[str, Any]:
+            if row.vm_uuid not in stopped:
+                raise NotApplicable(row.uuid)  # rebound to another VM since we listed it
+            return {"host_uuid": None}
+
+        fired = self.runner.fire_many(self.store.eips(vm_uuids=sorted(stopped)), "vm_stopped", placement,
+                                      op_id=op_id, details={"host": host, "reason": "host_down"})
+        return self._fan_out(fired, wait)
 
     # -- work, dataplane -----------------------------------------------------------------------
-    def run_due(self, *, limit: int | None = None) -> int:
-        """Run every due work item once (what ``eipflow worker --once`` does). Returns how many ran."""
+    def run_due(self, *, limit: int | None = None, batch_size: int = 100) -> int:
+        """Run every due work item once (what ``eipflow worker --once`` does), ``batch_size`` items per
+        claim and batch. Returns how many ran."""
         ran = 0
         while limit is None or ran < limit:
-            due = self.store.due_work(self.store.clock.now(), limit=100)
-            progressed = False
-            for work_id in due:
-                if self.runner.run_item(work_id) is not None:
-                    ran += 1
-                    progressed = True
-                if limit is not None and ran >= limit:
-                    break
-            if not progressed:
+            want = batch_size if limit is None else min(batch_size, limit - ran)
+            items = self.store.claim_due(self.runner.owner, self.runner.lease_seconds, want)
+            if not items:
                 break
+            self.runner.run_batch(items)
+            ran += len(items)
         return ran
 
     def work_items(self, *, statuses: Sequence[str] | None = None, eip_uuid: str | None = None) -> list[WorkItem]:

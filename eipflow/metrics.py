@@ -215,20 +215,20 @@ class InstrumentedWorker(Worker):
         self._running: dict[int, tuple[str, float]] = {}
         metrics.registry.register(_InProgressCollector(self))
 
-    def claim_next(self) -> WorkItem | None:
-        item = super().claim_next()
-        if item is not None:
+    def claim_batch(self, limit: int | None = None) -> list[WorkItem]:
+        items = super().claim_batch(limit)
+        for item in items:
             waited = (self.store.clock.now() - item.due_at).total_seconds()
             self.metrics.queue_duration.labels(item.action).observe(max(0.0, waited))
             if item.attempts > 1:
                 self.metrics.retries.labels(item.action).inc()
             with self._lock:
                 self._running[item.id] = (item.action, time.monotonic())
-        return item
+        return items
 
-    def run_one(self) -> WorkItem | None:
+    def run_batch(self, limit: int | None = None) -> list[WorkItem]:
         try:
-            return super().run_one()
+            return super().run_batch(limit)
         finally:
             with self._lock:
                 finished, self._running = self._running, {}

@@ -23,14 +23,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import sqlalchemy as sa
-
 from ._logging import get_logger
 from .api import Eipflow
+from .backends.batch import MAX_BATCH
 from .runner import Runner, default_owner
-from .store.database import retry_transient, translate_errors
-from .store.statements import due_picks, work_claim
-from .store.store import WORK, _work, lease_us
 from .values import WorkItem
 
 __all__ = ["Worker"]
@@ -38,6 +34,8 @@ __all__ = ["Worker"]
 log = get_logger(__name__)
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
+#: items one worker claim leases and runs as one batch
+DEFAULT_BATCH_SIZE = 100
 
 
 class Worker:
@@ -53,6 +51,8 @@ class Worker:
         owner: the lease owner name (default ``host:pid:random``).
         skip_locked: pick candidates with ``FOR UPDATE SKIP LOCKED``; default: on PostgreSQL and
             MariaDB/MySQL, off on SQLite (which has one writer anyway).
+        batch_size: the most items one claim leases and one batch runs (one backend call per host and
+            one completing transaction per batch); ``1`` runs items one at a time.
     """
 
     def __init__(
@@ -64,9 +64,13 @@ class Worker:
         heartbeat_interval: float | None = -1.0,
         owner: str | None = None,
         skip_locked: bool | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if lease_seconds is not None and lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be a whole number from 1 to {MAX_BATCH}, not {batch_size!r}")
+        self.batch_size = batch_size
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.flow = flow
@@ -80,13 +84,11 @@ class Worker:
         self.poll_interval = poll_interval
         dialect = flow.store.engine.dialect.name
         self.skip_locked = dialect in _SKIP_LOCKED_DIALECTS if skip_locked is None else skip_locked
-        self._picks = [pick.with_for_update(skip_locked=True) for pick in due_picks(1)]
-        self._claim_picked = work_claim()
         self.ran = 0
         #: set every time the heartbeat renewed a lease (tests wait on it instead of sleeping)
         self.heartbeat = self.runner.heartbeat.beat
         self._stop = threading.Event()
-        self._current: WorkItem | None = None
+        self._current: list[WorkItem] = []
 
     @property
     def owner(self) -> str:
@@ -99,58 +101,40 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------------
     def claim_next(self) -> WorkItem | None:
         """Lease the next due item (pending and due, or running with an expired lease), if any."""
-        if self.skip_locked:
-            return self._claim_skip_locked()
-        due = self.store.due_work(self.store.clock.now(), limit=20)
-        for work_id in due:
-            item = self.store.claim(work_id, self.owner, self.lease_seconds)
-            if item is not None:
-                return item
-        return None
+        claimed = self.claim_batch(1)
+        return claimed[0] if claimed else None
 
-    @retry_transient
-    def _claim_skip_locked(self) -> WorkItem | None:
-        # Candidates locked by another worker's claim are skipped, not waited for; the UPDATE
-        # repeats the claim's conditions, so the compare-and-swap stays the guarantee. Expired leases
-        # first, then due items: each pick is one in-order scan of the (status, due_at) index.
-        now = self.store.clock.now()
-        engine = self.store.engine
-        with translate_errors(engine), engine.begin() as conn:
-            work_id = None
-            for pick in self._picks:
-                work_id = conn.execute(pick, {"now": now}).scalar()
-                if work_id is not None:
-                    break
-            if work_id is None:
-                return None
-            claimed = conn.execute(
-                self._claim_picked,
-                {"w_id": work_id, "w_now": now, "s_owner": self.owner, "s_now": now,
-                 "s_lease_us": lease_us(self.lease_seconds)},
-            )
-            if claimed.rowcount != 1:
-                return None
-            row = conn.execute(sa.select(WORK).where(WORK.c.id == work_id)).first()
-        return _work(row)
+    def claim_batch(self, limit: int | None = None) -> list[WorkItem]:
+        """Lease up to ``limit`` (default :attr:`batch_size`) due items in one transaction
+        (:meth:`~eipflow.store.Store.claim_due`)."""
+        return self.store.claim_due(self.owner, self.lease_seconds, limit or self.batch_size,
+                                    skip_locked=self.skip_locked)
 
     # -- running -------------------------------------------------------------------------------
     def run_one(self) -> WorkItem | None:
         """Claim and run one due item. Returns it, or ``None`` when nothing is due now."""
-        item = self.claim_next()
-        if item is None:
-            return None
+        ran = self.run_batch(1)
+        return ran[0] if ran else None
+
+    def run_batch(self, limit: int | None = None) -> list[WorkItem]:
+        """Claim up to ``limit`` (default :attr:`batch_size`) due items and run them as one batch: one backend
+        call per host, the completions in one transaction. Returns them (empty when nothing is due)."""
+        items = self.claim_batch(limit)
+        if not items:
+            return []
         if self._stop.is_set():
-            # Asked to stop between the claim and the work: hand it back rather than sit on it.
-            self.store.release_lease(item.id, self.owner)
-            log.info("work.released", work_id=item.id, eip_uuid=item.eip_uuid)
-            return None
-        self._current = item
+            # Asked to stop between the claim and the work: hand them back rather than sit on them.
+            for item in items:
+                self.store.release_lease(item.id, self.owner)
+                log.info("work.released", work_id=item.id, eip_uuid=item.eip_uuid)
+            return []
+        self._current = items
         try:
-            self.runner.run_claimed(item)  # renews the lease while the backend call runs
+            self.runner.run_batch(items)  # renews the leases while the backend calls run
         finally:
-            self._current = None
-        self.ran += 1
-        return item
+            self._current = []
+        self.ran += len(items)
+        return items
 
     def run_once(self) -> int:
         """Run everything due *now*, including work that running items make due (``worker --once``).
@@ -161,9 +145,10 @@ class Worker:
         """
         ran = 0
         while not self._stop.is_set():
-            if self.run_one() is None:
+            batch = self.run_batch()
+            if not batch:
                 break
-            ran += 1
+            ran += len(batch)
         log.info("worker.drained", worker=self.owner, ran=ran)
         return ran
 

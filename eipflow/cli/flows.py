@@ -1,4 +1,4 @@
-"""``eipflow attach|detach|vm …|dataplane list``."""
+"""``eipflow attach|detach|vm …|host down|dataplane list``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,23 @@ def vm_migrate(state: State, vm: str, to_host: str, op_id: str | None, no_wait: 
     _many(state, state.flow.vm_migrated(vm, to_host, op_id=op_id, wait=not no_wait), "migrate")
 
 
+@click.group("host")
+def host_group() -> None:
+    """Tell eipflow what happened to a host."""
+
+
+@host_group.command("down")
+@click.argument("host")
+@_OP
+@_NO_WAIT
+@pass_state
+def host_down(state: State, host: str, op_id: str | None, no_wait: bool) -> None:
+    """HOST is down or being evacuated: its VMs stopped there; release all their EIPs (batched)."""
+    eips = state.flow.host_down(host, op_id=op_id, wait=not no_wait)
+    text = "\n".join(f"{e.uuid} {e.state}" for e in eips) or "no EIPs on that host's VMs (host down recorded)"
+    emit(state, [e.to_dict() for e in eips], text)
+
+
 @click.group("dataplane")
 def dataplane_group() -> None:
     """Inspect the backend's rules."""
@@ -108,5 +125,5 @@ def dataplane_list(state: State, host: str | None) -> None:
 
 
 def register(root: click.Group) -> None:
-    for command in (attach, detach, vm_group, dataplane_group):
+    for command in (attach, detach, vm_group, host_group, dataplane_group):
         root.add_command(command)

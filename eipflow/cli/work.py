@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from ..api import Eipflow
+from ..backends.batch import MAX_BATCH
 from ..reconcile import Reconciler, ReconcileReport
 from ..values import WorkItem
-from ..worker import Worker
+from ..worker import DEFAULT_BATCH_SIZE, Worker
 from ._context import State, emit, exit_partial, pass_state
 from ._partial import tolerant_flow
 from .eips import _table
@@ -26,6 +27,9 @@ STATUSES = ("pending", "running", "done", "parked", "cancelled")
               help="lease per claimed item [default: $EIPFLOW_LEASE_SECONDS or 60]")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="seconds between polls when idle")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="items one claim leases and runs together (one backend call per host, one completing "
+                   "transaction); a stop finishes the batch in flight")
 @click.option("--metrics-address", default=None, metavar="HOST:PORT", envvar="EIPFLOW_METRICS_ADDRESS",
               help="serve Prometheus /metrics and the /livez, /readyz probes here (needs eipflow[metrics]) "
                    "[env EIPFLOW_METRICS_ADDRESS]")
@@ -36,18 +40,19 @@ STATUSES = ("pending", "running", "done", "parked", "cancelled")
 @click.option("--work-older-than", "work_age", type=DURATION, default=None, metavar="AGE",
               help="with --prune-every: delete finished work older than AGE (7d)")
 @pass_state
-def worker(state: State, once: bool, lease_seconds: float | None, poll_interval: float, metrics_address: str | None,
-           prune_every: timedelta | None, history_age: timedelta | None, work_age: timedelta | None) -> None:
-    """Run backend work: until SIGTERM/SIGINT (finishing the current item), or once with --once."""
+def worker(state: State, once: bool, lease_seconds: float | None, poll_interval: float, batch_size: int,
+           metrics_address: str | None, prune_every: timedelta | None, history_age: timedelta | None,
+           work_age: timedelta | None) -> None:
+    """Run backend work: until SIGTERM/SIGINT (finishing the batch in flight), or once with --once."""
     if (prune_every is None) != (history_age is None and work_age is None):
         raise click.UsageError("--prune-every needs --history-older-than and/or --work-older-than, and they need it")
     flow = state.flow
     with ExitStack() as stack:
         if metrics_address is not None:
             w: Worker = _serve_metrics(stack, flow, metrics_address, lease_seconds=lease_seconds,
-                                       poll_interval=poll_interval)
+                                       poll_interval=poll_interval, batch_size=batch_size)
         else:
-            w = Worker(flow, lease_seconds=lease_seconds, poll_interval=poll_interval)
+            w = Worker(flow, lease_seconds=lease_seconds, poll_interval=poll_interval, batch_size=batch_size)
         if prune_every is not None:
             pruner = Pruner(flow.store, PrunePolicy(history_age, work_age), prune_every).start()
             stack.callback(pruner.stop)

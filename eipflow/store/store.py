@@ -285,8 +285,22 @@ class Store:
         vm_uuid: str | None = None,
         host_uuid: str | None = None,
         states: Iterable[str] | None = None,
+        vm_uuids: Sequence[str] | None = None,
     ) -> list[Eip]:
+        if vm_uuids is not None:
+            if not vm_uuids:
+                return []
+            out = []
+            for chunk in _chunks(list(vm_uuids)):
+                out += self._eips(state=state, vm_uuid=vm_uuid, host_uuid=host_uuid, states=states, vm_in=chunk)
+            return sorted(out, key=lambda e: (e.created_at, e.uuid))
+        return self._eips(state=state, vm_uuid=vm_uuid, host_uuid=host_uuid, states=states)
+
+    def _eips(self, *, state: str | None = None, vm_uuid: str | None = None, host_uuid: str | None = None,
+              states: Iterable[str] | None = None, vm_in: Sequence[str] | None = None) -> list[Eip]:
         stmt = sa.select(EIP)
+        if vm_in is not None:
+            stmt = stmt.where(EIP.c.vm_uuid.in_(list(vm_in)))
         if state is not None:
             stmt = stmt.where(EIP.c.state == state)
         if states is not None:
@@ -764,6 +778,39 @@ class Store:
             if expected_version is not None:
                 return None
         raise VersionConflict(uuid, version, 50)  # pragma: no cover - 50 lost races in a row
+
+    @retry_transient
+    def stop_vms_on(self, host_uuid: str) -> list[str]:
+        """Record every VM recorded running on ``host_uuid`` as stopped; the uuids of those recorded.
+
+        Each fact is compare-and-swapped on its version (one executemany per :data:`IN_CHUNK` VMs): a VM
+        whose fact changed since it was read (started elsewhere, migrated) keeps its newer fact and is
+        left out.
+        """
+        pick = sa.select(VM.c.uuid, VM.c.version).where(VM.c.host_uuid == host_uuid, VM.c.running == sa.true())
+        stop = (VM.update().where(VM.c.uuid == sa.bindparam("w_uuid"), VM.c.version == sa.bindparam("w_version"))
+                .values(host_uuid=None, running=False, version=sa.bindparam("s_version"),
+                        updated_at=sa.bindparam("s_now")))
+        now = self.clock.now()
+        with translate_errors(self.engine), self._read() as conn:
+            seen = [(r[0], r[1]) for r in conn.execute(pick)]
+        stopped: list[str] = []
+        for chunk in _chunks(seen):
+            params = [{"w_uuid": u, "w_version": ver, "s_version": ver + 1, "s_now": now} for u, ver in chunk]
+            try:
+                with translate_errors(self.engine), self.engine.begin() as conn:
+                    if conn.execute(stop, params).rowcount != len(chunk):
+                        raise _CasLost  # roll the whole chunk back
+                stopped += [u for u, _ in chunk]
+                continue
+            except _CasLost:
+                pass
+            for uuid, version in chunk:  # some fact moved meanwhile: one compare-and-swap each tells which
+                with translate_errors(self.engine), self.engine.begin() as conn:
+                    if conn.execute(stop, {"w_uuid": uuid, "w_version": version, "s_version": version + 1,
+                                           "s_now": now}).rowcount == 1:
+                        stopped.append(uuid)
+        return stopped
 
     @retry_transient
     def claim(self, work_id: int, owner: str, lease_seconds: float) -> WorkItem | None:

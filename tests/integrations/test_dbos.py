@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ import pytest
 import sqlalchemy as sa
 
 from eipflow import Eipflow, InMemoryDataplane, SimulatedDataplane
-from eipflow.errors import AttachFailed, InvalidInput, OperationIdReused
+from eipflow.backends.batch import Change
+from eipflow.errors import AttachFailed, InvalidInput, OperationIdReused, StaleGeneration
 from eipflow.invariants import check
-from eipflow.values import EipSpec
 from tests._support import PG_ENV, fresh_database, skip_reason
 
 dbos = pytest.importorskip("dbos", reason="the DBOS tests need DBOS Transact: pip install 'eipflow[dbos]'")
@@ -55,12 +55,15 @@ class CountingDataplane(SimulatedDataplane):
     the dataplane is counted even if its process dies right after.
     """
 
-    def _effect(self, action: str, spec: EipSpec) -> bool:
+    def _effect_many(self, changes: Sequence[Change]) -> list[bool | StaleGeneration]:
         log = os.environ.get(APPLY_LOG_ENV)
-        if log and action == "apply":
+        if log:
             with open(log, "a") as out:
-                out.write(json.dumps({"eip": spec.eip_uuid, "host": spec.host_uuid, "pid": os.getpid()}) + "\n")
-        return super()._effect(action, spec)
+                for change in changes:
+                    if change.action == "apply":
+                        spec = change.spec
+                        out.write(json.dumps({"eip": spec.eip_uuid, "host": spec.host_uuid, "pid": os.getpid()}) + "\n")
+        return super()._effect_many(changes)
 
 
 def counting_factory() -> CountingDataplane:
