@@ -564,17 +564,14 @@ class Store:
                 for cols, batch in updates.items():
                     if conn.execute(self._work_update_stmt(cols), batch).rowcount != len(batch):
                         raise _CasLost
-                with_work = [i for i, p in enumerate(plans) if p.new_work is not None]
-                if with_work:
-                    rows = [work_params(plans[i].eip.uuid, plans[i].new_work, now) for i in with_work]  # type: ignore[arg-type]
-                    if dialect.insert_executemany_returning_sort_by_parameter_order:
-                        stmt = WORK.insert().returning(WORK.c.id, sort_by_parameter_order=True)
-                        ids = [r[0] for r in conn.execute(stmt, rows)]
-                    else:  # pragma: no cover - every supported database returns ids in order
-                        ids = [self._insert_work_item(conn, plans[i].eip.uuid, plans[i].new_work, now)  # type: ignore[arg-type]
-                               for i in with_work]
-                    for i, work_id in zip(with_work, ids, strict=True):
-                        changes[i]["work_id"] = work_id
+                with_work = {p.eip.uuid: i for i, p in enumerate(plans) if p.new_work is not None}
+                rows = [work_params(plans[i].eip.uuid, plans[i].new_work, now) for i in with_work.values()]  # type: ignore[arg-type]
+                for chunk in _chunks(rows, IN_CHUNK // 2):
+                    # One multi-row INSERT … RETURNING per chunk, matched back by EIP (one item per EIP here):
+                    # no reliance on the order RETURNING answers in.
+                    stmt = WORK.insert().values(chunk).returning(WORK.c.id, WORK.c.eip_uuid)
+                    for work_id, eip_uuid in conn.execute(stmt):
+                        changes[with_work[eip_uuid]]["work_id"] = work_id
                 groups: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
                 for plan, change in zip(plans, changes, strict=True):
                     params = {"w_uuid": plan.eip.uuid, "w_version": plan.eip.version}
