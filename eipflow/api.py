@@ -339,12 +339,21 @@ class Eipflow:
         if mine:
             version = mine[-1].version
             eip = self.store.require(uuid)
+            final = self.runner.drive(uuid) if wait else eip
+        elif not wait:
+            return self.runner.fire(uuid, "attach", changes, op_id=op_id, details=details)
         else:
-            eip = self.runner.fire(uuid, "attach", changes, op_id=op_id, details=details)
+            # The inline flow: one transaction persists the binding, leases the apply to us and proceeds;
+            # the backend call; one transaction completes it (fenced by version and work item).
+            eip, committed, item = self.runner.start(uuid, "attach", changes, op_id=op_id, details=details)
             version = eip.version
+            final = self.runner.run_leased(item, committed) if item is not None else committed
+            if final is None or final.work_id is not None:
+                final = self.runner.drive(uuid)  # more work meanwhile (an intent recorded during our call)
+            elif final.state == "attached" and final.version == version + 2:
+                return final  # attach, proceed, apply_ok and nothing between: no rollback to look for
         if not wait:
             return eip
-        final = self.runner.drive(uuid)
         if self.store.reached_since(uuid, "rolling_back", version):
             last = final or _deleted(eip)
             raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)

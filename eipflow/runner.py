@@ -21,7 +21,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from .errors import BackendError, BackendTimeout, EipNotFound, IllegalTransition
 from .faultpoints import crash_point
 from .heartbeat import Heartbeat
 from .machine import CONTINUES, EFFECTS, Facts
-from .store import LeasedWork, LeaseLost, NewWork, PlannedTransition, Store, WorkUpdate
+from .store import ChainLease, LeasedWork, LeaseLost, NewWork, PlannedTransition, Store, WorkUpdate
 from .table import resolve
 from .values import Eip, EipSpec, Vm, WorkItem
 
@@ -235,6 +235,72 @@ class Runner:
             log.debug("transition.conflict", eip_uuid=uuid, trigger=event, version=seen)
         raise VersionConflict(uuid, seen, MAX_CAS_ATTEMPTS)
 
+    def start(
+        self,
+        uuid: str,
+        event: str,
+        changes: Mapping[str, Any],
+        *,
+        actor: str | None = None,
+        op_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> tuple[Eip, Eip, WorkItem | None]:
+        """Send an intent and, in the same transaction, lease the work it creates and take its first step.
+
+        The inline flow's first transaction: an attach persists the binding, leases its apply to this
+        runner and proceeds to ``applying`` (or straight to ``released`` for a stopped VM) in one commit,
+        reading the VM's facts under a share lock. The history is the same as the two-step path's
+        (``attach``, then ``proceed``). Returns ``(row after the intent, row as committed, leased item)``;
+        the item is ``None`` when there is no leased work left to run (the caller then drives as usual).
+        """
+        started = time.perf_counter()
+        seen = 0
+        chained: dict[str, Any] = {}
+
+        def then(written: Eip, vm: Vm | None) -> PlannedTransition | None:
+            chained.clear()
+            if written.state != "binding" or written.work_id is None:
+                return None
+            now = self.store.clock.now()
+            item = WorkItem(written.work_id, written.uuid, "apply", None, "running", 1, now, self.owner, None, None,
+                            False, now, now)
+            try:
+                plan = self._plan(written, "proceed", _placement(written, vm), item=item,
+                                  details={"work_id": item.id, "attempt": item.attempts})
+            except IllegalTransition:
+                return None
+            chained.update(intent=written, plan=plan, item=item)
+            return plan
+
+        def decide(eip: Eip, _vm: Vm | None) -> PlannedTransition:
+            nonlocal seen
+            seen = eip.version
+            plan = self._plan(eip, event, changes, actor=actor, op_id=op_id, details=details)
+            return replace(plan, chain=ChainLease(self.owner, self.lease_seconds, then))
+
+        for _ in range(MAX_CAS_ATTEMPTS):
+            chained.clear()
+            done = self.store.transition(uuid, decide)
+            if done is None:
+                self.conflicts += 1
+                log.debug("transition.conflict", eip_uuid=uuid, trigger=event, version=seen)
+                continue
+            result, plan = done
+            if not chained:
+                self._log_transition(plan, result, started)
+                return result, result, None
+            intent: Eip = chained["intent"]
+            self._log_transition(plan, intent, started)
+            self._log_transition(chained["plan"], result, started, inline=True)
+            item: WorkItem = chained["item"]
+            if result.state != "applying" or result.work_id != item.id:
+                return intent, result, None  # released (a stopped VM): the proceed finished the item
+            assert result.applied_host is not None and result.vm_nic_uuid and result.guest_ip
+            spec = EipSpec(result.uuid, result.vip, result.vm_nic_uuid, result.guest_ip, result.applied_host,
+                           result.version)
+            return intent, result, replace(item, spec=spec)
+        raise VersionConflict(uuid, seen, MAX_CAS_ATTEMPTS)
+
     def fire_many(
         self,
         rows: list[Eip],
@@ -290,17 +356,20 @@ class Runner:
 
     def run_claimed(self, item: WorkItem) -> WorkItem:
         """Execute an item this runner's owner already leased (a worker's ``SKIP LOCKED`` claim)."""
+        self.run_leased(item)
+        return item
+
+    def run_leased(self, item: WorkItem, row: Eip | None = None) -> Eip | None:
+        """Execute a leased item; the EIP's row once its completion is written (``None``: deleted, fenced
+        out, or nothing completed). ``row``: the row as this caller just committed it (no re-read)."""
         log.debug("work.claimed", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action, attempt=item.attempts)
         crash_point("after_claim")
         try:
             with self.heartbeat.holding(item):
-                self._execute(item)
+                return self._execute_batch([item], {row.uuid: row} if row is not None else None).get(item.id)
         except LeaseLost:
             log.warning("work.fenced", work_id=item.id, eip_uuid=item.eip_uuid, action=item.action)
-        return item
-
-    def _execute(self, item: WorkItem) -> None:
-        self._execute_batch([item])
+        return None
 
     def drive_many(self, uuids: Sequence[str], *, max_rounds: int = 64) -> dict[str, Eip]:
         """:meth:`drive` for many EIPs at once (a VM's, a host's): claim, call and complete in batches.
@@ -345,9 +414,13 @@ class Runner:
             self._execute_batch(items)
         return items
 
-    def _execute_batch(self, items: list[WorkItem]) -> None:
-        """Run leased items: the one home of what executing a work item means, for one item or many."""
-        if len(items) == 1:
+    def _execute_batch(self, items: list[WorkItem], rows: dict[str, Eip] | None = None) -> dict[int, Eip | None]:
+        """Run leased items: the one home of what executing a work item means, for one item or many.
+
+        Returns the rows the completions wrote, by work id."""
+        if rows is not None:
+            pass
+        elif len(items) == 1:
             one = self.store.get(items[0].eip_uuid)  # the hot path's read (the fast path, the row cache)
             rows = {one.uuid: one} if one is not None else {}
         else:
@@ -390,13 +463,14 @@ class Runner:
                     error = None  # the host holds only something newer than this revoke: nothing of ours is left
                 completions.append((item, "revoke_ok" if error is None else "revoke_failed", spec, error))
         if not completions:
-            return
+            return {}
         done = self._complete_many(completions)
         for item, _event, done_spec, error in completions:
             maybe_applied = error is None or isinstance(error, BackendTimeout)
             if item.action == "apply" and done.get(item.id) is None and maybe_applied:
                 assert done_spec is not None
                 self._orphaned_apply(item, done_spec)  # fenced out after a (maybe) successful apply
+        return done
 
     def _call(self, action: str, spec: EipSpec) -> BackendError | None:
         """One backend call (a batch of one); its error, or ``None`` when it was done."""

@@ -208,6 +208,9 @@ class FastPath:
         self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
             VM.c.uuid == sa.bindparam("u")), dialect)
         self._claim = _Sql(work_claim(), dialect)
+        vm_select = sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at, VM.c.version).where(
+            VM.c.uuid == sa.bindparam("u"))
+        self._vm_shared = _Sql(vm_select if self.sqlite else vm_select.with_for_update(read=True), dialect)
         self._select_work = _Sql(sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id")), dialect)
         self._work_updates: dict[tuple[str, ...], _Sql] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], _Sql] = {}
@@ -480,7 +483,32 @@ class FastPath:
         values = list(_EIP_VALUES(eip))
         for c, v in changes.items():
             values[_EIP_INDEX[c]] = v
-        return Eip(*values)
+        written = Eip(*values)
+        chain = plan.chain
+        if chain is None or written.work_id is None or plan.new_work is None:
+            return written
+        return self._chain(cur, written, chain, now, now_db)
+
+    def _chain(self, cur: Any, written: Eip, chain: Any, now: datetime, now_db: Any) -> Eip | None:
+        """:class:`~eipflow.store.ChainLease`: the VM's facts (share-locked), the lease, the next plan."""
+        vm = None
+        if written.vm_uuid is not None:
+            cur.execute(self._vm_shared.text, self._vm_shared.params({"u": written.vm_uuid}))
+            found = cur.fetchone()
+            if found is not None:
+                vm = Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4])
+        nxt = chain.then(written, vm)
+        if nxt is None:
+            return written
+        params = {"w_id": written.work_id, "w_now": now_db, "s_owner": chain.owner,
+                  "s_lease_us": round(chain.lease_seconds * 1_000_000), "s_now": now_db}
+        cur.execute(self._claim.text, self._claim.params(params))
+        if cur.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
+            raise LeaseLost(written.work_id)
+        out = self._write(cur, written, nxt, now)
+        if out is None:  # pragma: no cover - this transaction holds the row
+            raise LeaseLost(written.work_id)
+        return out
 
     def _update_work(self, cur: Any, work_id: int, owner: str, values: Mapping[str, Any]) -> None:
         sql = self._work_update(tuple(sorted(values)))

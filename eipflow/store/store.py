@@ -37,7 +37,10 @@ from .statements import (
     work_params,
 )
 
-__all__ = ["LeaseClock", "LeaseLost", "LeasedWork", "NewWork", "Operations", "PlannedTransition", "Store", "WorkUpdate"]
+__all__ = [
+    "ChainLease", "LeaseClock", "LeaseLost", "LeasedWork", "NewWork", "Operations", "PlannedTransition", "Store",
+    "WorkUpdate",
+]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
@@ -152,6 +155,21 @@ class WorkUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainLease:
+    """Go on in the same transaction: lease the work item the plan created to ``owner`` and write what
+    ``then`` plans for the row as written (given the bound VM's facts, read with a share lock, so a VM
+    event recorded meanwhile is either seen here or sees this binding).
+
+    The inline attach's first transaction: persist the binding, enter the in-flight state and lease the
+    apply to the caller, in one commit. ``then`` returns ``None`` to stop after the first plan.
+    """
+
+    owner: str
+    lease_seconds: float
+    then: Callable[[Eip, Vm | None], PlannedTransition | None]
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedTransition:
     """Everything one compare-and-swap writes; built by the runner, executed by :meth:`Store.commit`."""
 
@@ -169,6 +187,8 @@ class PlannedTransition:
     actor: str | None = None
     op_id: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: go on in the same transaction (the inline attach): lease the new item and write a second plan
+    chain: ChainLease | None = None
 
 
 def _eip(row: Any) -> Eip:
@@ -461,7 +481,7 @@ class Store:
 
     @retry_transient  # a deadlock/serialization failure rolled the whole transition back: run it again
     def commit(self, plan: PlannedTransition) -> Eip | None:
-        """Execute one planned transition atomically.
+        """Execute one planned transition atomically (and its :class:`ChainLease`, if any).
 
         Returns:
             The row as written (``state == "deleted"`` for a deleted row), or ``None`` when the
@@ -471,61 +491,83 @@ class Store:
             LeaseLost: ``finish_work``/``update_work`` names an item this owner no longer holds.
             GuestIpInUse: the new binding's guest IP already carries another EIP.
         """
-        eip = plan.eip
         now = self.clock.now()
-        changes = dict(plan.changes)
-        new_version = eip.version + 1
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
-                if plan.finish_work is not None:
-                    fin = plan.finish_work
-                    done = conn.execute(
-                        WORK.update()
-                        .where(WORK.c.id == fin.work_id, WORK.c.lease_owner == fin.owner, WORK.c.status == "running")
-                        .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=now)
-                    )
-                    if done.rowcount != 1:
-                        raise LeaseLost(fin.work_id)
-                if plan.update_work is not None:
-                    up = plan.update_work
-                    upd = conn.execute(
-                        WORK.update()
-                        .where(WORK.c.id == up.work_id, WORK.c.lease_owner == up.owner, WORK.c.status == "running")
-                        .values(updated_at=now, **up.values)
-                    )
-                    if upd.rowcount != 1:
-                        raise LeaseLost(up.work_id)
-                if plan.new_work is not None:
-                    changes["work_id"] = self._insert_work_item(conn, eip.uuid, plan.new_work, now)
-                pred_cols = tuple(sorted(plan.predicates))
-                params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
-                params.update({f"w_{c}": v for c, v in plan.predicates.items()})
-                if plan.target == "deleted":
-                    result = conn.execute(self._delete_stmt(pred_cols), params)
-                else:
-                    changes["state"] = plan.target
-                    changes["version"] = new_version
-                    changes["updated_at"] = now
-                    set_cols = tuple(sorted(changes))
-                    params.update({f"s_{c}": v for c, v in changes.items()})
-                    result = conn.execute(self._update_stmt(set_cols, pred_cols), params)
-                if result.rowcount != 1:
-                    raise _CasLost
-                conn.execute(self._insert_history, history_params(plan, now))
+                written = self._commit_in(conn, plan, now)
         except _CasLost:
             return None
         except sa.exc.IntegrityError:
-            guest_ip = changes.get("guest_ip")
+            guest_ip = plan.changes.get("guest_ip")
             if guest_ip is not None:  # the only unique column a transition can collide on
                 raise GuestIpInUse(guest_ip, self.holder_of_guest_ip(guest_ip)) from None
             raise
+        if self._fast is not None:
+            self._fast.remember(written)
+        return written
+
+    def _commit_in(self, conn: Connection, plan: PlannedTransition, now: datetime) -> Eip:
+        eip = plan.eip
+        changes = dict(plan.changes)
+        new_version = eip.version + 1
+        if plan.finish_work is not None:
+            fin = plan.finish_work
+            done = conn.execute(
+                WORK.update()
+                .where(WORK.c.id == fin.work_id, WORK.c.lease_owner == fin.owner, WORK.c.status == "running")
+                .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
+            if done.rowcount != 1:
+                raise LeaseLost(fin.work_id)
+        if plan.update_work is not None:
+            up = plan.update_work
+            upd = conn.execute(
+                WORK.update()
+                .where(WORK.c.id == up.work_id, WORK.c.lease_owner == up.owner, WORK.c.status == "running")
+                .values(updated_at=now, **up.values)
+            )
+            if upd.rowcount != 1:
+                raise LeaseLost(up.work_id)
+        if plan.new_work is not None:
+            changes["work_id"] = self._insert_work_item(conn, eip.uuid, plan.new_work, now)
+        pred_cols = tuple(sorted(plan.predicates))
+        params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
+        params.update({f"w_{c}": v for c, v in plan.predicates.items()})
+        if plan.target == "deleted":
+            result = conn.execute(self._delete_stmt(pred_cols), params)
+        else:
+            changes["state"] = plan.target
+            changes["version"] = new_version
+            changes["updated_at"] = now
+            set_cols = tuple(sorted(changes))
+            params.update({f"s_{c}": v for c, v in changes.items()})
+            result = conn.execute(self._update_stmt(set_cols, pred_cols), params)
+        if result.rowcount != 1:
+            raise _CasLost
+        conn.execute(self._insert_history, history_params(plan, now))
         merged = {c: getattr(eip, c) for c in _EIP_COLS}
         merged.update(changes)
         merged.update(state=plan.target, version=new_version, updated_at=now)
         written = Eip(**merged)
-        if self._fast is not None:
-            self._fast.remember(written)
-        return written
+        chain = plan.chain
+        if chain is None or written.work_id is None or plan.new_work is None:
+            return written
+        vm = None
+        if written.vm_uuid is not None:
+            select = self._select_vm if self.engine.dialect.name == "sqlite" else self._select_vm.with_for_update(
+                read=True)
+            found = conn.execute(select, {"u": written.vm_uuid}).first()
+            if found is not None:
+                m = found._mapping
+                vm = Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+        nxt = chain.then(written, vm)
+        if nxt is None:
+            return written
+        claimed = conn.execute(self._claim, {"w_id": written.work_id, "w_now": now, "s_owner": chain.owner,
+                                             "s_lease_us": lease_us(chain.lease_seconds), "s_now": now})
+        if claimed.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
+            raise LeaseLost(written.work_id)
+        return self._commit_in(conn, nxt, now)
 
     @retry_transient
     def commit_many(self, plans: Sequence[PlannedTransition]) -> list[Eip] | None:
