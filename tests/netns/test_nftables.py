@@ -212,7 +212,10 @@ def test_parse_ignores_unrelated_json() -> None:
 
 
 def _failing_ip(tmp_path: Path, verb: str) -> str:
-    """An ``ip`` that fails ``ip addr VERB …`` (as a kernel refusing the address would) and runs the rest."""
+    """An ``ip`` that fails ``ip addr VERB …`` (as a kernel refusing the address would) and runs the rest.
+
+    Also in a batch (``ip -force -batch -``): its ``addr VERB`` lines fail, the others run.
+    """
     real = shutil.which("ip")
     assert real is not None
     script = tmp_path / "ip"
@@ -220,6 +223,12 @@ def _failing_ip(tmp_path: Path, verb: str) -> str:
         "#!/bin/sh\n"
         f'if [ "$1" = addr ] && [ "$2" = {verb} ]; then\n'
         '  echo "RTNETLINK answers: Operation not permitted" >&2; exit 2\n'
+        'fi\n'
+        'if [ "$1" = -force ] && [ "$2" = -batch ]; then\n'
+        '  lines=$(cat)\n'
+        f'  printf "%s\\n" "$lines" | grep -v "^addr {verb} " | {real} -force -batch - || exit $?\n'
+        f'  printf "%s\\n" "$lines" | grep -q "^addr {verb} " || exit 0\n'
+        '  echo "RTNETLINK answers: Operation not permitted" >&2; exit 1\n'
         'fi\n'
         f'exec {real} "$@"\n'
     )
