@@ -6,17 +6,12 @@ import dataclasses
 import json
 import shutil
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 
 from eipflow import AddressNotAllowed, BackendError, BackendTimeout, Eipflow, InMemoryDataplane, StaleGeneration
 from eipflow.agent import HostConfig, InvalidHostsFile, load_hosts, parse_hosts
@@ -24,6 +19,7 @@ from eipflow.agent.app import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, create_app
 from eipflow.backends.batch import MAX_BATCH, Change
 from eipflow.backends.http import HttpAgentBackend
 from eipflow.values import EipSpec
+from tests._support import serving
 
 TOKEN = "s3cret-token-0123456789"
 HOST = "host-1"
@@ -51,30 +47,10 @@ def socket_path() -> Iterator[str]:
         shutil.rmtree(where, ignore_errors=True)
 
 
-@contextmanager
-def serving(app: Starlette, socket_path: str) -> Iterator[httpx.Client]:
-    """A real uvicorn serving ``app`` on a Unix socket, in a thread stopped on leaving; a client with the token."""
-    server = uvicorn.Server(uvicorn.Config(app, uds=socket_path, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, name="agent-under-test")
-    thread.start()
-    try:
-        transport = httpx.HTTPTransport(uds=socket_path)
-        with httpx.Client(base_url="http://agent", transport=transport,
-                          headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-            deadline = time.monotonic() + 10
-            while not server.started and thread.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.02)  # bounded wait for the server to come up (not a race wait)
-            assert server.started, "agent did not start"
-            yield c
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def client(dataplane: InMemoryDataplane, socket_path: str) -> Iterator[httpx.Client]:
     """The agent app over the in-memory dataplane, really served (see :func:`serving`)."""
-    with serving(create_app(dataplane, host_uuid=HOST, token=TOKEN), socket_path) as c:
+    with serving(create_app(dataplane, host_uuid=HOST, token=TOKEN), socket_path, TOKEN) as c:
         yield c
 
 
@@ -331,7 +307,7 @@ def test_batch_outside_vip_ranges_fails_that_change_alone(socket_path: str) -> N
     """The host's vip_ranges refuse one change (failed_permanent, address_not_allowed); the others go through."""
     dataplane = InMemoryDataplane()
     app = create_app(dataplane, host_uuid=HOST, token=TOKEN, vip_ranges=["203.0.113.0/24"])
-    with serving(app, socket_path) as c:
+    with serving(app, socket_path, TOKEN) as c:
         inside, outside = body(), body(vip="198.51.100.7", guest_ip="192.0.2.20")
         response = c.post("/v1/batch", json={"changes": [{"action": "apply", "spec": outside},
                                                          {"action": "apply", "spec": inside}]})
