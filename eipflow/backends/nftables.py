@@ -166,7 +166,7 @@ class NftablesBackend:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._memory: dict[str, HostRecord] = {}  # the records, when there is no state_dir
-        # One transaction at a time per host: apply/revoke read the handles they replace, so a
+        # One transaction at a time per host (a batch holds it throughout): each reads the handles it replaces, so a
         # concurrent change between the read and the commit must not interleave.
         self._lock = threading.Lock()
 
@@ -204,17 +204,19 @@ class NftablesBackend:
 
         Each change is judged on its own (validation, the generation rule, the host-address rule);
         those refused or invalid get their result and stay out of the transaction. If nft rejects the
-        transaction as a whole, the rest are applied one at a time, so a bad rule fails alone.
-
-        Raises:
-            BackendError: the host's rules could not be read (nothing changed; every change shares it).
+        transaction as a whole, the rest are applied one at a time, so a bad rule fails alone. If the
+        host's rules cannot even be read, every change of the chunk gets that error (nothing changed).
         """
         if host_uuid != self.host_uuid:
             wrong = BackendError(f"this backend programs host {self.host_uuid}, not {host_uuid}", retryable=False)
             return [result_of(wrong)] * len(changes)
         out: list[ChangeResult] = []
         for start in range(0, len(changes), MAX_BATCH):
-            out += self._changes(changes[start:start + MAX_BATCH])
+            chunk = changes[start:start + MAX_BATCH]
+            try:
+                out += self._changes(chunk)
+            except BackendError as exc:  # the rules could not be read: nothing of this chunk was done
+                out += [result_of(exc)] * len(chunk)
         return out
 
     # -- one batch -----------------------------------------------------------------------------
@@ -294,7 +296,10 @@ class NftablesBackend:
             log.warning("nft.batch_rejected", host_uuid=self.host_uuid, changes=len(steps), error=str(exc))
             stats.fallback = True
             for step in steps:
-                self._judge_and_realize([(step.index, step.action, step.spec)], results, view, stats)
+                try:
+                    self._judge_and_realize([(step.index, step.action, step.spec)], results, view, stats)
+                except BackendError as alone:  # its rules could not be read again: it alone is not done
+                    results[step.index] = result_of(alone)
             return
         # Committed. The records now, before any address step: the transaction replaced or removed the
         # EIPs' rules, and a host must not forget a generation it acted on (even if the apply is undone).
