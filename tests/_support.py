@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -98,3 +99,29 @@ def parse_dot(src: str) -> pydot.Dot:
         graphs = pydot.graph_from_dot_data(src)
     assert graphs, "DOT did not parse"
     return graphs[0]
+
+
+@contextmanager
+def serving(app: Any, socket_path: str, token: str) -> Iterator[Any]:
+    """A real uvicorn serving the ASGI ``app`` on a Unix socket, in a thread stopped on leaving.
+
+    Yields an :class:`httpx.Client` for it that sends ``token`` (the agent extra must be installed).
+    """
+    import httpx
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, uds=socket_path, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, name="agent-under-test")
+    thread.start()
+    try:
+        transport = httpx.HTTPTransport(uds=socket_path)
+        with httpx.Client(base_url="http://agent", transport=transport,
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+            deadline = time.monotonic() + 10
+            while not server.started and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.02)  # bounded wait for the server to come up (not a race wait)
+            assert server.started, "agent did not start"
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -36,6 +36,8 @@ def _agent(host: str) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/rules":
             return httpx.Response(200, json={"host_uuid": host, "rules": [asdict(s) for s in DATAPLANE.rules(host)]})
+        if request.url.path not in ("/v1/apply", "/v1/revoke"):
+            return httpx.Response(404, text="Not Found")  # a stand-in without /v1/batch: as an older agent
         spec = EipSpec(**json.loads(request.content))
         getattr(DATAPLANE, request.url.path.removeprefix("/v1/"))(spec)
         return httpx.Response(200, json={"ok": True})

@@ -6,6 +6,8 @@
     GET  /v1/rules      what is realized on this host      -> {"host_uuid": …, "rules": [spec, …]}
     POST /v1/apply      body: spec (see below)              -> {"ok": true, …}
     POST /v1/revoke     body: spec                          -> {"ok": true, …}
+    POST /v1/batch      body: {"host_uuid"?, "changes": [{"action": "apply"|"revoke", "spec": spec}, …]}
+                                                            -> {"host_uuid": …, "results": [result, …]}
 
 A spec body is exactly ``{"eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation"}``,
 each key once (``generation``: the fencing token, a non-negative integer; see :mod:`eipflow.backends.fencing`).
@@ -16,6 +18,17 @@ VIP ranges, its own, its gateway's), 413 body too large, 422 invalid body, 421 s
 host, 409 stale generation (the host has seen a newer one: ``{"error", "reason", "eip_uuid",
 "requested_generation", "current_generation"}``; nothing changed), 502 backend failed (``retryable``
 in the body), 504 the backend's outcome is unknown.
+
+A batch holds at most :data:`~eipflow.backends.batch.MAX_BATCH` changes, one per EIP, for this host
+(413 beyond that, or a body over :data:`MAX_BATCH_BODY_BYTES`). It is checked whole before anything
+runs: a malformed entry refuses the batch with 422 naming it (``index``, ``field``), a spec for another
+host with 421, and nothing is applied. Then each change is judged on its own and the answer is 200 with
+one result per change, in order: ``{"status": "done"|"refused"|"failed"|"failed_permanent"|"unknown",
+"action", "eip_uuid"}`` plus, unless done, ``error`` and ``retryable``; a refused one carries the 409
+body's ``reason``, ``requested_generation`` and ``current_generation``; one outside ``vip_ranges`` (or the
+host's own address) ``field``, ``reason`` and ``address_not_allowed``; an unknown one ``outcome_unknown``.
+The backend gets the whole batch in one call when it has ``apply_changes`` (nftables: one transaction).
+
 Bad-token warnings are aggregated: at most one log line per :data:`WARN_EVERY_S` seconds, carrying
 how many were suppressed since the last.
 """
@@ -40,15 +53,18 @@ from starlette.routing import Route
 
 from .. import validation as v
 from .._logging import get_logger
+from ..backends.batch import MAX_BATCH, STATUSES, Change, ChangeResult, result_of, run_changes
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
 from .openapi import openapi
 
-__all__ = ["MAX_BODY_BYTES", "WARN_EVERY_S", "AgentBackend", "create_app"]
+__all__ = ["MAX_BATCH_BODY_BYTES", "MAX_BODY_BYTES", "WARN_EVERY_S", "AgentBackend", "create_app"]
 
 log = get_logger(__name__)
 
 MAX_BODY_BYTES = 4096  # a spec is ~300 bytes; anything much larger is not ours
+#: a ``/v1/batch`` body: MAX_BATCH changes of at most ~600 bytes each, with room to spare
+MAX_BATCH_BODY_BYTES = MAX_BATCH * 1024
 WARN_EVERY_S = 60.0
 _FIELDS = ("eip_uuid", "vip", "vm_nic_uuid", "guest_ip", "host_uuid", "generation")
 _MAX_GENERATION = 2**63 - 1
@@ -159,30 +175,33 @@ def create_app(
         # compare_digest on bytes: time does not depend on where the first wrong byte is
         return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
 
-    async def read_spec(request: Request, *, creating: bool) -> EipSpec:
+    async def read_json(request: Request, limit: int) -> Any:
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise _Refused(413, f"body larger than {limit} bytes", limit=limit)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise _Refused(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            if len(body) > limit:
+                raise _Refused(413, f"body larger than {limit} bytes", limit=limit)
         try:
-            data = json.loads(body, object_pairs_hook=_unique_keys)
+            return json.loads(body, object_pairs_hook=_unique_keys)
         except _Refused:
             raise
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Refused(422, "body is not JSON") from None
+
+    def parse_spec(data: object, *, creating: bool, where: str = "body") -> EipSpec:
+        """A spec from its JSON (``where`` names it in errors: ``body``, ``changes[3].spec``)."""
         if not isinstance(data, dict):
-            raise _Refused(422, "body must be a JSON object")
+            raise _Refused(422, f"{where} must be a JSON object")
         missing = [f for f in _FIELDS if f not in data]
         extra = sorted(set(data) - set(_FIELDS))
         if missing or extra:
-            raise _Refused(422, "body must have exactly the spec fields", missing=missing, unexpected=extra)
+            raise _Refused(422, f"{where} must have exactly the spec fields", missing=missing, unexpected=extra)
         generation = data["generation"]
         if type(generation) is not int or not 0 <= generation <= _MAX_GENERATION:
-            raise _Refused(422, "generation must be a non-negative integer", field="generation")
+            raise _Refused(422, f"{_in(where)}generation must be a non-negative integer", field="generation")
         # Apply creates: the full address rules. Revoke removes: syntax only, so an old rule still goes.
         address = v.ip_address if creating else v.canonical_address
         try:
@@ -197,13 +216,67 @@ def create_app(
             if creating:
                 v.address_pair(spec.vip, spec.guest_ip)
         except InvalidInput as exc:
-            raise _Refused(422, str(exc), field=getattr(exc, "field", None)) from None
+            raise _Refused(422, f"{_in(where)}{exc}", field=getattr(exc, "field", None)) from None
         if spec.host_uuid != host_uuid:
-            raise _Refused(421, f"this agent serves host {host_uuid}, not {spec.host_uuid}")
-        if creating and ranges and not any(ipaddress.ip_address(spec.vip) in r for r in ranges):
-            why = f"outside this host's vip_ranges ({', '.join(str(r) for r in ranges)})"
-            raise _Refused(403, f"vip {spec.vip} is {why}", field="vip", reason=why, retryable=False)
+            raise _Refused(421, f"{_in(where)}this agent serves host {host_uuid}, not {spec.host_uuid}")
         return spec
+
+    def check_range(spec: EipSpec) -> None:
+        """An applied VIP must lie in this host's ``vip_ranges`` (when it has any)."""
+        if ranges and not any(ipaddress.ip_address(spec.vip) in r for r in ranges):
+            why = f"outside this host's vip_ranges ({', '.join(str(r) for r in ranges)})"
+            raise AddressNotAllowed(host_uuid, "vip", spec.vip, why)
+
+    async def read_spec(request: Request, *, creating: bool) -> EipSpec:
+        spec = parse_spec(await read_json(request, MAX_BODY_BYTES), creating=creating)
+        if creating:
+            try:
+                check_range(spec)
+            except AddressNotAllowed as exc:
+                raise _Refused(403, f"vip {spec.vip} is {exc.reason}", field="vip", reason=exc.reason,
+                               retryable=False) from None
+        return spec
+
+    def parse_batch(data: object) -> list[Change]:
+        """The changes of a ``/v1/batch`` body; any bad entry refuses the whole batch (nothing is applied)."""
+        if not isinstance(data, dict):
+            raise _Refused(422, "body must be a JSON object")
+        extra = sorted(set(data) - {"host_uuid", "changes"})
+        if "changes" not in data or extra:
+            raise _Refused(422, "body must be {\"host_uuid\"?, \"changes\": [...]}",
+                           missing=[] if "changes" in data else ["changes"], unexpected=extra)
+        if "host_uuid" in data and data["host_uuid"] != host_uuid:
+            raise _Refused(421, f"this agent serves host {host_uuid}, not {data['host_uuid']!r}")
+        items = data["changes"]
+        if not isinstance(items, list):
+            raise _Refused(422, "changes must be a JSON array", field="changes")
+        if len(items) > MAX_BATCH:
+            raise _Refused(413, f"a batch has at most {MAX_BATCH} changes, not {len(items)}",
+                           max_changes=MAX_BATCH, changes=len(items))
+        changes: list[Change] = []
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            where = f"changes[{i}]"
+            if not isinstance(item, dict):
+                raise _Refused(422, f"{where} must be a JSON object {{\"action\", \"spec\"}}", index=i)
+            if set(item) != {"action", "spec"}:
+                raise _Refused(422, f"{where} must have exactly the keys action and spec", index=i,
+                               missing=sorted({"action", "spec"} - set(item)),
+                               unexpected=sorted(set(item) - {"action", "spec"}))
+            if item["action"] not in ("apply", "revoke"):
+                raise _Refused(422, f"{where}.action must be \"apply\" or \"revoke\"", index=i, field="action")
+            try:
+                spec = parse_spec(item["spec"], creating=item["action"] == "apply", where=f"{where}.spec")
+            except _Refused as exc:
+                exc.extra = {"index": i, **exc.extra}
+                raise
+            if spec.eip_uuid in first:
+                raise _Refused(422, f"{where}.spec.eip_uuid: EIP {spec.eip_uuid} is already changed by "
+                                    f"changes[{first[spec.eip_uuid]}] (one change per EIP in a batch)",
+                               index=i, field="eip_uuid")
+            first[spec.eip_uuid] = i
+            changes.append(Change(item["action"], spec))
+        return changes
 
     def endpoint(
         action: str, fn: Callable[[Request], Awaitable[Response]]
@@ -253,6 +326,29 @@ def create_app(
         await run_in_threadpool(backend.revoke, spec)
         return JSONResponse({"ok": True, "action": "revoke", "eip_uuid": spec.eip_uuid})
 
+    async def batch(request: Request) -> Response:
+        changes = parse_batch(await read_json(request, MAX_BATCH_BODY_BYTES))
+        results: list[ChangeResult | None] = [None] * len(changes)
+        admitted: list[int] = []
+        for i, change in enumerate(changes):
+            try:
+                if change.action == "apply":
+                    check_range(change.spec)
+            except AddressNotAllowed as exc:
+                results[i] = result_of(exc)
+            else:
+                admitted.append(i)
+        ran = await run_in_threadpool(run_changes, backend, host_uuid, [changes[i] for i in admitted])
+        for i, result in zip(admitted, ran, strict=True):
+            results[i] = result
+        final = [r if r is not None else ChangeResult("unknown") for r in results]
+        if hold is not None and any(c.action == "apply" and r.ok for c, r in zip(changes, final, strict=True)):
+            await run_in_threadpool(_hold, hold)  # the test hook, as after a single apply
+        out = [_result_json(c, r) for c, r in zip(changes, final, strict=True)]
+        counts = {status: n for status in STATUSES if (n := sum(o["status"] == status for o in out))}
+        log.info("agent.batch", host_uuid=host_uuid, changes=len(changes), **counts)
+        return JSONResponse({"host_uuid": host_uuid, "results": out})
+
     async def rules(request: Request) -> Response:
         specs = await run_in_threadpool(backend.rules, host_uuid)
         return JSONResponse({"host_uuid": host_uuid, "rules": [asdict(s) for s in specs]})
@@ -290,9 +386,31 @@ def create_app(
             Route("/v1/rules", endpoint("rules", rules), methods=["GET"]),
             Route("/v1/apply", endpoint("apply", apply), methods=["POST"]),
             Route("/v1/revoke", endpoint("revoke", revoke), methods=["POST"]),
+            Route("/v1/batch", endpoint("batch", batch), methods=["POST"]),
         ],
         lifespan=lifespan,
     )
+
+
+def _in(where: str) -> str:
+    return "" if where == "body" else f"{where}."
+
+
+def _result_json(change: Change, result: ChangeResult) -> dict[str, Any]:
+    """One entry of a ``/v1/batch`` answer: the status, and what the single endpoints' error bodies say."""
+    out: dict[str, Any] = {"status": result.status, "action": change.action, "eip_uuid": change.spec.eip_uuid}
+    error = result.error
+    if error is None:
+        return out
+    out["error"] = str(error)
+    out["retryable"] = error.retryable
+    if isinstance(error, StaleGeneration):
+        out.update(reason=error.reason, requested_generation=error.requested, current_generation=error.current)
+    elif isinstance(error, AddressNotAllowed):
+        out.update(field=error.field, reason=error.reason, address_not_allowed=True)
+    elif isinstance(error, BackendTimeout):
+        out["outcome_unknown"] = True
+    return out
 
 
 def _peer(request: Request) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
+from ..backends.batch import MAX_BATCH, STATUSES
 
 __all__ = ["openapi"]
 
@@ -25,6 +26,8 @@ def _error(description: str) -> dict[str, Any]:
 
 def openapi(host_uuid: str) -> dict[str, Any]:
     """The description of the agent serving ``host_uuid``."""
+    from .app import MAX_BATCH_BODY_BYTES  # app imports this module: read its constant at call time
+
     refusals = {
         "401": _error("missing or invalid bearer token"),
         "403": _error("an address this host will not program (outside its vip_ranges, its own, its gateway's)"),
@@ -56,6 +59,23 @@ def openapi(host_uuid: str) -> dict[str, Any]:
                                    "responses": {"200": done, **refusals}}},
             "/v1/revoke": {"post": {"operationId": "revoke", "security": secured, "requestBody": spec_body,
                                     "responses": {"200": done, **refusals}}},
+            "/v1/batch": {"post": {
+                "operationId": "batch", "security": secured,
+                "description": "Many changes for this host in one call; each is judged on its own. A malformed "
+                               "entry refuses the whole batch (nothing applied).",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Batch"}}}},
+                "responses": {
+                    "200": {"description": "one result per change, in order", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/BatchResults"}}}},
+                    "401": refusals["401"],
+                    "413": _error(f"more than {MAX_BATCH} changes, or a body larger than {MAX_BATCH_BODY_BYTES} "
+                                  "bytes; nothing applied"),
+                    "421": _error(f"the batch or one of its specs names another host than {host_uuid}; "
+                                  "nothing applied"),
+                    "422": _error("the body is not a valid batch (index and field name the bad entry; "
+                                  "two changes of one EIP); nothing applied"),
+                }}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -80,6 +100,27 @@ def openapi(host_uuid: str) -> dict[str, Any]:
                 "Done": {"type": "object", "required": ["ok", "action", "eip_uuid"], "properties": {
                     "ok": {"enum": [True]}, "action": {"enum": ["apply", "revoke"]}, "eip_uuid": {"type": "string"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Change": {"type": "object", "additionalProperties": False, "required": ["action", "spec"],
+                           "properties": {"action": {"enum": ["apply", "revoke"]},
+                                          "spec": {"$ref": "#/components/schemas/Spec"}}},
+                "Batch": {"type": "object", "additionalProperties": False, "required": ["changes"], "properties": {
+                    "host_uuid": {"type": "string", "enum": [host_uuid]},
+                    "changes": {"type": "array", "maxItems": MAX_BATCH, "description": "at most one change per EIP",
+                                "items": {"$ref": "#/components/schemas/Change"}}}},
+                "Result": {
+                    "type": "object", "required": ["status", "action", "eip_uuid"],
+                    "description": "refused: reason, requested_generation and current_generation as the 409 body; "
+                                   "an address this host will not program: field, reason, address_not_allowed; "
+                                   "unknown: outcome_unknown",
+                    "properties": {
+                        "status": {"enum": list(STATUSES)}, "action": {"enum": ["apply", "revoke"]},
+                        "eip_uuid": {"type": "string"}, "error": {"type": "string"}, "retryable": {"type": "boolean"},
+                        "reason": {"type": "string"}, "requested_generation": {"type": "integer"},
+                        "current_generation": {"type": "integer"}, "field": {"type": "string"},
+                        "address_not_allowed": {"enum": [True]}, "outcome_unknown": {"enum": [True]}}},
+                "BatchResults": {"type": "object", "required": ["host_uuid", "results"], "properties": {
+                    "host_uuid": {"type": "string"},
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}}}},
             },
         },
     }

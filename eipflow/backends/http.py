@@ -12,6 +12,16 @@ connection refused (nothing was sent)           :class:`~eipflow.BackendError`, 
 504 (the agent's nft timed out)                 :class:`~eipflow.BackendTimeout`
 =============================================  =============================================
 
+Batches (:meth:`HttpAgentBackend.apply_changes`) go as one ``POST /v1/batch`` per
+:data:`~eipflow.backends.batch.MAX_BATCH` changes; each change's result maps as its single call's
+answer would (``refused``: StaleGeneration with the host's generation; ``failed``/``failed_permanent``:
+BackendError, retryable or not, AddressNotAllowed where the agent says so; ``unknown``: BackendTimeout).
+A request that fails as a whole gives every change of it that failure's result (no answer, a dropped
+connection: every change ``unknown``), except a batch the agent refused whole for its size (413) or for
+one entry it names (422/421 with ``index``; nothing was applied): that one goes one request per change,
+so the bad entry fails alone. An agent that answers 404 there predates batches: it gets one
+request per change, then and from then on (remembered per agent URL).
+
 ``--backend eipflow.backends.http:factory`` reads the hosts file named by ``$EIPFLOW_HOSTS_FILE``.
 """
 
@@ -22,7 +32,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,7 @@ from .._logging import get_logger
 from ..agent.config import HostConfig, load_hosts
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput, StaleGeneration
 from ..values import EipSpec
+from .batch import MAX_BATCH, Change, ChangeResult, result_of
 
 __all__ = ["HOSTS_FILE_ENV", "HttpAgentBackend", "factory"]
 
@@ -55,6 +66,7 @@ class HttpAgentBackend:
     def __init__(self, hosts: Mapping[str, HostConfig], *, clients: Mapping[str, httpx.Client] | None = None) -> None:
         self.hosts = dict(hosts)
         self._clients: dict[str, httpx.Client] = dict(clients or {})
+        self._no_batch: set[str] = set()  # agent URLs that answered 404 for /v1/batch
         self._lock = threading.Lock()
 
     @classmethod
@@ -125,10 +137,17 @@ class HttpAgentBackend:
         self._request(spec.host_uuid, "POST", f"/v1/{action}", asdict(spec), action)
 
     def _request(self, host: str, method: str, path: str, body: dict[str, Any] | None, action: str) -> httpx.Response:
+        response = self._send(host, method, path, body, action)
+        if response.status_code != 200:
+            raise self._failure(host, response, body, action)
+        return response
+
+    def _send(self, host: str, method: str, path: str, body: dict[str, Any] | None, action: str) -> httpx.Response:
+        """One request; a transport failure raised as what it means for the outcome."""
         config, client = self._client(host)
         where = f"agent of host {host}"
         try:
-            response = client.request(method, path, json=body)
+            return client.request(method, path, json=body)
         except httpx.ConnectTimeout as exc:
             raise BackendTimeout(f"{action}: {where} did not accept a connection in time") from exc
         except httpx.TimeoutException as exc:
@@ -139,28 +158,139 @@ class HttpAgentBackend:
         except httpx.TransportError as exc:
             # The connection broke after the request went out (e.g. the agent was killed mid-call).
             raise BackendTimeout(f"{action}: {where} dropped the connection: {exc}") from exc
-        if response.status_code == 200:
-            return response
+
+    def _failure(self, host: str, response: httpx.Response, body: dict[str, Any] | None, action: str) -> BackendError:
+        """The error an agent's non-200 answer means."""
+        where = f"agent of host {host}"
         message = _message(response)
         log.warning("agent.call_failed", host_uuid=host, action=action, status=response.status_code, error=message)
         if response.status_code == 504:
-            raise BackendTimeout(f"{action} on host {host}: {message}")
+            return BackendTimeout(f"{action} on host {host}: {message}")
         if response.status_code in (502, 503):
             retryable = True
             try:
                 retryable = bool(response.json().get("retryable", True))
             except ValueError:
                 pass
-            raise BackendError(f"{action} on host {host}: {message}", retryable=retryable)
+            return BackendError(f"{action} on host {host}: {message}", retryable=retryable)
         if response.status_code == 409 and action in ("apply", "revoke"):
-            raise _stale(response, host, body)
+            return _stale(response, host, body)
         if response.status_code == 401:
-            raise BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
+            return BackendError(f"{action}: {where} refused our token (check the hosts file)", retryable=False)
         if response.status_code == 403:
             field, reason = _detail(response, "field"), _detail(response, "reason")
-            raise AddressNotAllowed(host, field or "address", _address_of(body, field), reason or message)
-        raise BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
-                           retryable=response.status_code >= 500)
+            return AddressNotAllowed(host, field or "address", _address_of(body, field), reason or message)
+        return BackendError(f"{action} on host {host}: HTTP {response.status_code}: {message}",
+                            retryable=response.status_code >= 500)
+
+    # -- batches -------------------------------------------------------------------------------
+    def apply_changes(self, host_uuid: str, changes: Sequence[Change]) -> list[ChangeResult]:
+        """Send a host's changes to its agent as ``POST /v1/batch``, :data:`MAX_BATCH` to a request.
+
+        One result per change, in order: the agent's verdict for each, or, when a request as a whole
+        failed, that failure for each of its changes (no answer: ``unknown``). An agent that answers
+        404 (older than ``/v1/batch``) gets one request per change, then and from then on (remembered
+        per agent URL for this backend's life).
+        """
+        try:
+            config, _ = self._client(host_uuid)
+        except BackendError as exc:
+            return [result_of(exc)] * len(changes)
+        out: list[ChangeResult] = []
+        for start in range(0, len(changes), MAX_BATCH):
+            chunk = changes[start:start + MAX_BATCH]
+            with self._lock:
+                batched = config.url not in self._no_batch
+            if batched:
+                try:
+                    out += self._batch(host_uuid, chunk)
+                    continue
+                except _NoBatch:
+                    with self._lock:
+                        self._no_batch.add(config.url)
+                    log.warning("agent.no_batch", host_uuid=host_uuid, url=config.url,
+                                hint="the agent predates POST /v1/batch: one request per change")
+                except _OneByOne as refused:
+                    # The agent refused the batch as a whole for one entry (or its size) and applied
+                    # nothing: one request per change, so that entry fails alone.
+                    log.warning("agent.batch_refused", host_uuid=host_uuid, changes=len(chunk),
+                                status=refused.status, error=refused.message)
+                except BackendError as exc:
+                    out += [result_of(exc)] * len(chunk)
+                    continue
+            out += [self._single(change) for change in chunk]
+        return out
+
+    def _single(self, change: Change) -> ChangeResult:
+        try:
+            self._call(change.action, change.spec)
+        except BackendError as exc:
+            return result_of(exc)
+        return result_of(None)
+
+    def _batch(self, host: str, chunk: Sequence[Change]) -> list[ChangeResult]:
+        body = {"host_uuid": host, "changes": [{"action": c.action, "spec": asdict(c.spec)} for c in chunk]}
+        response = self._send(host, "POST", "/v1/batch", body, "batch")
+        if response.status_code == 404:
+            raise _NoBatch
+        if response.status_code == 413 or (response.status_code in (421, 422) and _detail(response, "index", int)
+                                           is not None):
+            raise _OneByOne(response.status_code, _message(response))
+        if response.status_code != 200:
+            raise self._failure(host, response, body, "batch")
+        results = _batch_results(host, chunk, response)
+        for change, result in zip(chunk, results, strict=True):
+            if result.error is not None:
+                log.warning("agent.call_failed", host_uuid=host, action=change.action, status=result.status,
+                            eip_uuid=change.spec.eip_uuid, error=str(result.error))
+        return results
+
+
+class _NoBatch(Exception):
+    """The agent has no ``/v1/batch`` (404): it predates batches."""
+
+
+class _OneByOne(Exception):
+    """The agent refused a batch whole (its size, or one entry it names) and applied nothing of it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _batch_results(host: str, chunk: Sequence[Change], response: httpx.Response) -> list[ChangeResult]:
+    """The agent's results, one per change; an answer that does not fit the batch is an unknown outcome."""
+    try:
+        items = response.json()["results"]
+        if not isinstance(items, list) or len(items) != len(chunk):
+            raise ValueError(f"{len(items) if isinstance(items, list) else 'no'} results for {len(chunk)} changes")
+        return [_result(host, change, item) for change, item in zip(chunk, items, strict=True)]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        unknown = BackendTimeout(f"batch: the agent of host {host} sent an unreadable answer ({exc})")
+        return [result_of(unknown)] * len(chunk)
+
+
+def _result(host: str, change: Change, item: dict[str, Any]) -> ChangeResult:
+    spec = change.spec
+    if item.get("eip_uuid") != spec.eip_uuid:
+        raise ValueError(f"result for {item.get('eip_uuid')!r} where {spec.eip_uuid} was sent")
+    status = item.get("status")
+    message = f"{change.action} on host {host}: {item.get('error', status)}"
+    if status == "done":
+        return result_of(None)
+    if status == "refused":
+        return result_of(StaleGeneration(spec.eip_uuid, host, int(item.get("requested_generation", spec.generation)),
+                                         int(item.get("current_generation", 0)), str(item.get("reason", "older"))))
+    if status == "failed":
+        return result_of(BackendError(message, retryable=True))
+    if status == "failed_permanent":
+        if item.get("address_not_allowed"):
+            field = str(item.get("field", "vip"))
+            address = spec.guest_ip if field == "guest_ip" else spec.vip
+            return result_of(AddressNotAllowed(host, field, address, str(item.get("reason", message))))
+        return result_of(BackendError(message, retryable=False))
+    return result_of(BackendTimeout(message))  # "unknown", or a status this client does not know
 
 
 def _new_client(config: HostConfig) -> httpx.Client:
@@ -289,13 +419,14 @@ def _specs(host: str, response: httpx.Response) -> list[EipSpec]:
     return specs
 
 
-def _detail(response: httpx.Response, key: str) -> str | None:
+def _detail(response: httpx.Response, key: str, kind: type = str) -> Any:
+    """``key`` of the answer's JSON body if it is a ``kind``, else ``None``."""
     try:
         data = response.json()
     except ValueError:
         return None
     value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
 def _address_of(body: dict[str, Any] | None, field: str | None) -> str:

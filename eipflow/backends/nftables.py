@@ -14,25 +14,38 @@ pointing the VIP at the host).
 Every apply/revoke is **one** ``nft -j -f -`` transaction built as a JSON document (never a shell
 string), so a rule pair is either fully there or not at all. Rules are keyed by their comment: the
 EIP uuid and the NIC id (split over the two rules' comments, as nftables caps a comment at 128
-bytes), so :meth:`NftablesBackend.rules` reads back exactly what is realized, from the kernel.
+bytes; see :mod:`eipflow.backends._nftjson`), so :meth:`NftablesBackend.rules` reads back exactly
+what is realized, from the kernel.
 
 Every call is fenced (:mod:`eipflow.backends.fencing`): the host keeps, per EIP, the newest generation
 it has seen — in the rules' comments (``dnat@GEN``) and, so that a revoke's tombstone survives too, in a
-small record file per EIP under ``state_dir`` written atomically *before* an apply and *after* a revoke
-(a crash in between leaves a state the retried call repairs). An older apply, or a revoke older than the
-rule held, is refused with :class:`~eipflow.StaleGeneration` and changes nothing. An accepted apply
-replaces whatever this EIP had on the host; an accepted revoke removes all of it.
+small record file per EIP under ``state_dir``, written atomically once the transaction has committed and
+before the address step (so an apply whose address step fails and is taken back is still remembered; a
+crash between commit and write loses nothing an apply needs, as its comments carry the generation). An
+older apply, or a revoke older than the rule held, is refused with :class:`~eipflow.StaleGeneration` and
+changes nothing. An accepted apply replaces whatever this EIP had on the host; an accepted revoke
+removes all of it.
+
+**Batches** (:meth:`NftablesBackend.apply_changes`, the port of :mod:`eipflow.backends.batch`): a
+host's changes are realized with one read of the ruleset, one ``nft -f`` transaction, one
+``ip addr show`` and one ``ip -force -batch`` for the VIP addresses, whatever their number (up to
+:data:`~eipflow.backends.batch.MAX_BATCH` a transaction). Each change is still judged on its own:
+an invalid spec, a stale generation, a refused address gets its own result and stays out of the
+transaction; an idempotent repeat is realized again, as a single apply is. If nft rejects the
+transaction as a whole (nothing of it happened), the accepted changes are applied **one at a time**
+with the same code — each is re-read and re-judged — so one bad rule fails alone. Records are
+written only for the changes whose transaction committed. :meth:`~NftablesBackend.apply` and
+:meth:`~NftablesBackend.revoke` are batches of one. Locking: one lock per backend (per host) held for
+the whole batch, as for a single call, so no two transactions interleave their read and commit and
+no lock order between EIPs is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
-import socket
-import struct
 import subprocess
 import threading
 import time
@@ -45,15 +58,16 @@ from .. import validation as v
 from .._logging import get_logger
 from ..errors import AddressNotAllowed, BackendError, BackendTimeout, InvalidInput
 from ..values import EipSpec
-from .fencing import HostRecord, decide, record_after
+from ._nftjson import OwnedRule, delete_rule, parse_rules, rule_pair, send_garp, skeleton, specs_from_rules
+from ._nftjson import family as _family
+from .batch import DONE, MAX_BATCH, STATUSES, Change, ChangeResult, result_of
+from .fencing import Decision, HostRecord, decide, record_after
 
 __all__ = ["ANNOUNCE_MODES", "NftablesBackend", "OwnedRule", "check_interface"]
 
 log = get_logger(__name__)
 
 ANNOUNCE_MODES = ("address", "none")
-COMMENT_PREFIX = "eipflow"
-MAX_COMMENT = 128  # NFTNL_UDATA_COMMENT_MAXLEN
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # IFNAMSIZ - 1, no '/' or whitespace
 _NETNS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -67,27 +81,38 @@ def check_interface(field: str, value: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class OwnedRule:
-    """One eipflow rule as read back from the kernel."""
+class _Step:
+    """One accepted change of a batch: what the host had for its EIP, and what the rule decided."""
 
-    chain: str
-    handle: int
-    eip_uuid: str
-    role: str  # "dnat" | "snat"
-    nic_part: str
-    vip: str | None
-    guest_ip: str | None
-    generation: int = 0  # rules written before generations existed carry none: 0
+    index: int
+    action: str
+    spec: EipSpec
+    owned: list[OwnedRule]
+    record: HostRecord | None
+    decision: Decision
 
 
-def _family(addr: str) -> str:
-    return "ip6" if ipaddress.ip_address(addr).version == 6 else "ip"
+@dataclass(slots=True)
+class _BatchStats:
+    transactions: int = 0
+    fallback: bool = False
 
 
-def _nic_parts(nic: str, eip_uuid: str, generation: int) -> tuple[str, str]:
-    """Split the NIC id over the two comments (each at most :data:`MAX_COMMENT` bytes)."""
-    room = MAX_COMMENT - len(f"{COMMENT_PREFIX} {eip_uuid} dnat@{generation} ")
-    return nic[:room], nic[room:]
+class _HostView:
+    """The host's own and gateway addresses, read at most once per batch (and kept for its fallback)."""
+
+    def __init__(self) -> None:
+        self._got: tuple[set[str], set[str]] | BackendError | None = None
+
+    def forbidden(self, backend: NftablesBackend, our_vips: set[str]) -> tuple[set[str], set[str]]:
+        if self._got is None:
+            try:
+                self._got = backend._forbidden(our_vips)
+            except BackendError as exc:
+                self._got = exc
+        if isinstance(self._got, BackendError):
+            raise self._got
+        return self._got
 
 
 class NftablesBackend:
@@ -141,7 +166,7 @@ class NftablesBackend:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._memory: dict[str, HostRecord] = {}  # the records, when there is no state_dir
-        # One transaction at a time per host: apply/revoke read the handles they replace, so a
+        # One transaction at a time per host (a batch holds it throughout): each reads the handles it replaces, so a
         # concurrent change between the read and the commit must not interleave.
         self._lock = threading.Lock()
 
@@ -149,53 +174,182 @@ class NftablesBackend:
     def apply(self, spec: EipSpec) -> None:
         """Realize ``spec``: replace this EIP's rules on the host with the spec's, in one transaction.
 
-        If a step after the nft transaction fails (the VIP's address), the transaction's rules are
-        taken back before the error is raised.
+        A batch of one (:meth:`apply_changes`). If a step after the nft transaction fails (the VIP's
+        address), the transaction's rules are taken back before the error is raised.
 
         Raises:
             StaleGeneration: the host has seen a newer generation of this EIP (nothing changed).
             AddressNotAllowed: the VIP or guest IP is one of the host's own or its gateway's.
         """
-        spec = self._check(spec, creating=True)
-        started = time.perf_counter()
-        with self._lock:
-            every = self._owned()
-            owned = [r for r in every if r.eip_uuid == spec.eip_uuid]
-            record = self._record(spec.eip_uuid, owned)
-            decision = decide(record, "apply", spec)
-            self._refuse_host_addresses(spec, {r.vip for r in every if r.role == "dnat" and r.vip})
-            self._remember(spec.eip_uuid, record_after(record, decision, spec))  # intent before action
-            commands = self._skeleton()
-            commands += [self._delete(r) for r in owned]
-            commands += self._add_rules(spec)
-            self._nft_apply(commands)
-            if self.announce == "address":
-                try:
-                    stale = {r.vip for r in owned if r.vip and r.vip != spec.vip}
-                    for vip in stale:
-                        self._address(vip, present=False)
-                    self._address(spec.vip, present=True)
-                except BackendError:
-                    self._undo(spec)
-                    raise
-        log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
-                 guest_ip=spec.guest_ip, generation=spec.generation, replaced=len(owned), repeat=decision.same,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        self._one(Change("apply", spec))
 
-    def _refuse_host_addresses(self, spec: EipSpec, our_vips: set[str]) -> None:
-        """Refuse to DNAT or announce the host's own addresses or its gateways' (before anything changes).
+    def revoke(self, spec: EipSpec) -> None:
+        """Remove this EIP's rules from the host, unless they are newer than ``spec``; absent rules are fine.
 
-        The VIPs eipflow itself put on the public interface are not the host's own: those of its rules,
-        and (with ``announce="address"``) any /32 or /128 there, which is how eipflow adds a VIP, so a
-        VIP whose rules were lost while its address stayed can be re-applied.
+        A batch of one (:meth:`apply_changes`). Addresses are only checked for syntax (and a zone ID
+        dropped, as nft did), so a rule written before the address-class rules existed can still be removed.
+
+        Raises:
+            StaleGeneration: the host holds a newer generation of this EIP (nothing changed).
         """
-        own = self._host_addresses() - our_vips
-        gateways = self._gateways()
+        self._one(Change("revoke", spec))
+
+    def _one(self, change: Change) -> None:
+        [result] = self._changes([change])
+        if result.error is not None:
+            raise result.error
+
+    def apply_changes(self, host_uuid: str, changes: Sequence[Change]) -> list[ChangeResult]:
+        """Realize a batch of changes for this host in one ``nft`` transaction (per :data:`MAX_BATCH` changes).
+
+        Each change is judged on its own (validation, the generation rule, the host-address rule);
+        those refused or invalid get their result and stay out of the transaction. If nft rejects the
+        transaction as a whole, the rest are applied one at a time, so a bad rule fails alone. If the
+        host's rules cannot even be read, every change of the chunk gets that error (nothing changed).
+        """
+        if host_uuid != self.host_uuid:
+            wrong = BackendError(f"this backend programs host {self.host_uuid}, not {host_uuid}", retryable=False)
+            return [result_of(wrong)] * len(changes)
+        out: list[ChangeResult] = []
+        for start in range(0, len(changes), MAX_BATCH):
+            chunk = changes[start:start + MAX_BATCH]
+            try:
+                out += self._changes(chunk)
+            except BackendError as exc:  # the rules could not be read: nothing of this chunk was done
+                out += [result_of(exc)] * len(chunk)
+        return out
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _changes(self, changes: Sequence[Change]) -> list[ChangeResult]:
+        """Validate, then judge and realize under the host lock; a result for every change."""
+        started = time.perf_counter()
+        results: list[ChangeResult | None] = [None] * len(changes)
+        checked: list[tuple[int, str, EipSpec]] = []
+        first: dict[str, int] = {}
+        for i, change in enumerate(changes):
+            try:
+                spec = self._check(change.spec, creating=change.action == "apply")
+            except BackendError as exc:
+                results[i] = result_of(exc)
+                continue
+            if spec.eip_uuid in first:
+                # Two changes of one EIP in one transaction have no order nft could keep: the caller's bug.
+                results[i] = result_of(BackendError(
+                    f"EIP {spec.eip_uuid} has more than one change in this batch (first at {first[spec.eip_uuid]})",
+                    retryable=False))
+                continue
+            first[spec.eip_uuid] = i
+            checked.append((i, change.action, spec))
+        stats = _BatchStats()
+        if checked:
+            with self._lock:
+                self._judge_and_realize(checked, results, _HostView(), stats)
+        final = [r if r is not None else DONE for r in results]
+        if len(changes) > 1:
+            counts = {status: n for status in STATUSES if (n := sum(r.status == status for r in final))}
+            log.info("nft.batch", host_uuid=self.host_uuid, changes=len(changes), transactions=stats.transactions,
+                     fallback=stats.fallback, **counts, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        return final
+
+    def _judge_and_realize(self, checked: Sequence[tuple[int, str, EipSpec]], results: list[ChangeResult | None],
+                           view: _HostView, stats: _BatchStats) -> None:
+        """Under the lock: one read of the rules, each change judged, one transaction for the accepted."""
+        started = time.perf_counter()
+        every = self._owned()
+        by_eip: dict[str, list[OwnedRule]] = {}
+        for rule in every:
+            by_eip.setdefault(rule.eip_uuid, []).append(rule)
+        our_vips = {r.vip for r in every if r.role == "dnat" and r.vip}
+        steps: list[_Step] = []
+        for i, action, spec in checked:
+            owned = by_eip.get(spec.eip_uuid, [])
+            try:
+                record = self._record(spec.eip_uuid, owned)
+                decision = decide(record, action, spec)
+                if action == "apply":
+                    self._refuse_host_addresses(spec, view.forbidden(self, our_vips))
+            except BackendError as exc:  # StaleGeneration, AddressNotAllowed, an unreadable record
+                results[i] = result_of(exc)
+                continue
+            steps.append(_Step(i, action, spec, owned, record, decision))
+        if not steps:
+            return
+        commands: list[dict[str, Any]] = []
+        for step in steps:
+            commands += [self._delete(r) for r in step.owned]
+            if step.action == "apply":
+                commands += self._add_rules(step.spec)
+        try:
+            if commands:  # revokes of absent rules need no transaction (nor create the table)
+                stats.transactions += 1
+                self._nft_apply(self._skeleton() + commands)
+        except BackendTimeout as exc:  # it may have committed: every change's outcome is unknown
+            for step in steps:
+                results[step.index] = result_of(exc)
+            return
+        except BackendError as exc:
+            if len(steps) == 1:
+                results[steps[0].index] = result_of(exc)
+                return
+            # nft rejected the whole transaction (so nothing of it happened): one at a time, so a bad
+            # rule fails alone. Each re-reads the rules and is judged again against unchanged records.
+            log.warning("nft.batch_rejected", host_uuid=self.host_uuid, changes=len(steps), error=str(exc))
+            stats.fallback = True
+            for step in steps:
+                try:
+                    self._judge_and_realize([(step.index, step.action, step.spec)], results, view, stats)
+                except BackendError as alone:  # its rules could not be read again: it alone is not done
+                    results[step.index] = result_of(alone)
+            return
+        # Committed. The records now, before any address step: the transaction replaced or removed the
+        # EIPs' rules, and a host must not forget a generation it acted on (even if the apply is undone).
+        for step in steps:
+            try:
+                self._remember(step.spec.eip_uuid, record_after(step.record, step.decision, step.spec))
+            except BackendError as exc:
+                # The rules changed but the record did not: an unknown outcome (a retry repairs it).
+                results[step.index] = result_of(BackendTimeout(f"{step.action} of {step.spec.eip_uuid} committed "
+                                                               f"in nft, but {exc}"))
+        failed: dict[int, BackendError] = {}
+        if self.announce == "address":
+            failed = self._announce_vips(steps, every)
+        undo = [s for s in steps if s.action == "apply" and s.index in failed]
+        if undo:
+            self._undo([s.spec for s in undo])
+        for step in steps:
+            if step.index in failed:
+                results[step.index] = result_of(failed[step.index])
+            elif results[step.index] is None:
+                self._log_done(step, len(checked), started)
+
+    def _log_done(self, step: _Step, batch: int, started: float) -> None:
+        timing = {"duration_ms": round((time.perf_counter() - started) * 1000, 3)} if batch == 1 else {}
+        spec = step.spec
+        if step.action == "apply":
+            log.info("nft.applied", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, vip=spec.vip,
+                     guest_ip=spec.guest_ip, generation=spec.generation, replaced=len(step.owned),
+                     repeat=step.decision.same, **timing)
+        else:
+            log.info("nft.revoked", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(step.owned),
+                     generation=spec.generation, **timing)
+
+    def _refuse_host_addresses(self, spec: EipSpec, forbidden: tuple[set[str], set[str]]) -> None:
+        """Refuse to DNAT or announce the host's own addresses or its gateways' (before anything changes)."""
+        own, gateways = forbidden
         for field, addr in (("vip", spec.vip), ("guest_ip", spec.guest_ip)):
             if addr in own:
                 raise AddressNotAllowed(self.host_uuid, field, addr, "it is an address of this host")
             if addr in gateways:
                 raise AddressNotAllowed(self.host_uuid, field, addr, "it is this host's gateway")
+
+    def _forbidden(self, our_vips: set[str]) -> tuple[set[str], set[str]]:
+        """The host's own addresses and its gateways', which no spec may use.
+
+        The VIPs eipflow itself put on the public interface are not the host's own: those of its rules,
+        and (with ``announce="address"``) any /32 or /128 there, which is how eipflow adds a VIP, so a
+        VIP whose rules were lost while its address stayed can be re-applied.
+        """
+        return self._host_addresses() - our_vips, self._gateways()
 
     def _ip_json(self, *argv: str) -> list[Any]:
         done = self._run([self.ip, "-j", *argv])
@@ -227,47 +381,24 @@ class NftablesBackend:
                     found.add(v.canonical_address("gateway", route["gateway"]))
         return found
 
-    def _undo(self, spec: EipSpec) -> None:
-        """After a failed second step, take back the rules the apply's transaction just committed.
+    def _undo(self, specs: Sequence[EipSpec]) -> None:
+        """After a failed address step, take back the rules the transaction just committed for ``specs``.
 
         The caller then sees a failed apply with nothing of it left behind. Best effort: if even
         this fails, the runner's revoke (a newer generation) removes every rule of the EIP on the host.
         """
+        wanted = {s.eip_uuid: s.generation for s in specs}
         try:
-            mine = [r for r in self._owned() if r.eip_uuid == spec.eip_uuid and r.generation == spec.generation]
+            mine = [r for r in self._owned() if wanted.get(r.eip_uuid) == r.generation]
             if mine:
                 self._nft_apply([self._delete(r) for r in mine])
         except BackendError as exc:
-            log.warning("nft.undo_failed", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, error=str(exc))
+            for spec in specs:
+                log.warning("nft.undo_failed", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, error=str(exc))
             return
-        log.warning("nft.apply_undone", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(mine))
-
-    def revoke(self, spec: EipSpec) -> None:
-        """Remove this EIP's rules from the host, unless they are newer than ``spec``; absent rules are fine.
-
-        Addresses are only checked for syntax (and a zone ID dropped, as nft did), so a rule written
-        before the address-class rules existed can still be removed.
-
-        Raises:
-            StaleGeneration: the host holds a newer generation of this EIP (nothing changed).
-        """
-        spec = self._check(spec, creating=False)
-        started = time.perf_counter()
-        with self._lock:
-            rules = self._owned()
-            mine = [r for r in rules if r.eip_uuid == spec.eip_uuid]
-            record = self._record(spec.eip_uuid, mine)
-            decision = decide(record, "revoke", spec)
-            if mine:
-                self._nft_apply([self._delete(r) for r in mine])
-            if self.announce == "address":
-                # The address goes only if no remaining rule still answers for the VIP.
-                left = {r.vip for r in rules if r not in mine and r.role == "dnat"}
-                if spec.vip not in left:
-                    self._address(spec.vip, present=False)
-            self._remember(spec.eip_uuid, record_after(record, decision, spec))  # the tombstone, once it is true
-        log.info("nft.revoked", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid, removed=len(mine),
-                 generation=spec.generation, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        for spec in specs:
+            log.warning("nft.apply_undone", eip_uuid=spec.eip_uuid, host_uuid=self.host_uuid,
+                        removed=sum(r.eip_uuid == spec.eip_uuid for r in mine))
 
     # -- the generation records ----------------------------------------------------------------
     def _record_path(self, eip_uuid: str) -> Path | None:
@@ -345,43 +476,13 @@ class NftablesBackend:
         return EipSpec(eip, vip, nic, guest, host, spec.generation)
 
     def _skeleton(self) -> list[dict[str, Any]]:
-        """Table and base chains; ``add`` of an existing object is a no-op, so every transaction carries them."""
-        t = {"family": "inet", "table": self.table}
-        return [
-            {"add": {"table": {"family": "inet", "name": self.table}}},
-            {"add": {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
-                               "policy": "accept"}}},
-            {"add": {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
-                               "policy": "accept"}}},
-        ]
+        return skeleton(self.table)
 
     def _add_rules(self, spec: EipSpec) -> list[dict[str, Any]]:
-        fam = _family(spec.vip)
-        first, rest = _nic_parts(spec.vm_nic_uuid, spec.eip_uuid, spec.generation)
-        t = {"family": "inet", "table": self.table}
-        dnat = [
-            {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "daddr"}}, "right": spec.vip}},
-            {"counter": {"packets": 0, "bytes": 0}},
-            {"dnat": {"family": fam, "addr": spec.guest_ip}},
-        ]
-        snat: list[dict[str, Any]] = []
-        if self.public_interface:
-            snat.append({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": self.public_interface}})
-        snat += [
-            {"match": {"op": "==", "left": {"payload": {"protocol": fam, "field": "saddr"}}, "right": spec.guest_ip}},
-            {"counter": {"packets": 0, "bytes": 0}},
-            {"snat": {"family": fam, "addr": spec.vip}},
-        ]
-        return [
-            {"add": {"rule": {**t, "chain": "prerouting", "expr": dnat,
-                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} dnat@{spec.generation} {first}".rstrip()}}},
-            {"add": {"rule": {**t, "chain": "postrouting", "expr": snat,
-                              "comment": f"{COMMENT_PREFIX} {spec.eip_uuid} snat@{spec.generation} {rest}".rstrip()}}},
-        ]
+        return rule_pair(self.table, self.public_interface, spec)
 
     def _delete(self, rule: OwnedRule) -> dict[str, Any]:
-        return {"delete": {"rule": {"family": "inet", "table": self.table, "chain": rule.chain,
-                                    "handle": rule.handle}}}
+        return delete_rule(self.table, rule)
 
     # -- running commands ---------------------------------------------------------------------
     def _argv(self, *argv: str) -> list[str]:
@@ -416,30 +517,75 @@ class NftablesBackend:
             raise BackendError(f"nft printed unreadable JSON on host {self.host_uuid}") from exc
         return parse_rules(items)
 
-    def _address(self, vip: str, *, present: bool) -> None:
+    def _announce_vips(self, steps: Sequence[_Step], before: Sequence[OwnedRule]) -> dict[int, BackendError]:
+        """After a committed transaction: each VIP it touched is on the public interface iff a rule answers for it.
+
+        One ``ip addr show`` and one ``ip -force -batch`` for the whole batch. A VIP goes only when no rule
+        left in the table still answers for it. Returns the steps whose address step failed.
+        """
+        changed = {s.spec.eip_uuid for s in steps}
+        answered = {r.vip for r in before if r.eip_uuid not in changed and r.role == "dnat" and r.vip}
+        answered |= {s.spec.vip for s in steps if s.action == "apply"}
+        touched: dict[str, list[_Step]] = {}
+        for step in steps:
+            for vip in {step.spec.vip} | {r.vip for r in step.owned if r.vip}:
+                touched.setdefault(vip, []).append(step)
+        errors = self._set_addresses({vip: vip in answered for vip in touched})
+        failed: dict[int, BackendError] = {}
+        for vip, error in errors.items():
+            for step in touched[vip]:
+                failed.setdefault(step.index, error)
+        return failed
+
+    def _set_addresses(self, want: dict[str, bool]) -> dict[str, BackendError]:
+        """Make each VIP present (``True``) or absent on the public interface; the VIPs that could not be."""
         assert self.public_interface is not None
-        prefix = 128 if _family(vip) == "ip6" else 32
+        try:
+            have = self._interface_addresses()
+        except BackendError as exc:
+            return dict.fromkeys(want, exc)
+        lines: list[str] = []
+        added = []
+        for vip, present in sorted(want.items()):
+            if (vip in have) == present:
+                continue
+            prefix = 128 if _family(vip) == "ip6" else 32
+            verb = "add" if present else "del"
+            # nodad: an IPv6 VIP must be usable at once, not after duplicate address detection
+            lines.append(f"addr {verb} {vip}/{prefix} dev {self.public_interface}"
+                         + (" nodad" if present and prefix == 128 else ""))
+            if present:
+                added.append(vip)
+        if not lines:
+            return {}
+        errors: dict[str, BackendError] = {}
+        # -force: go on past a failed line; what really happened is read back below.
+        done = self._run([self.ip, "-force", "-batch", "-"], stdin="\n".join(lines) + "\n")
+        if done.returncode != 0:
+            try:
+                now = self._interface_addresses()
+            except BackendError as exc:
+                return {vip: exc for vip, present in want.items() if (vip in have) != present}
+            why = _first_line(done.stderr)
+            for vip, present in want.items():
+                if (vip in now) != present:
+                    errors[vip] = BackendError(f"ip addr {'add' if present else 'del'} {vip} failed on host "
+                                               f"{self.host_uuid}: {why}")
+        for vip in added:
+            if vip not in errors and _family(vip) == "ip":
+                self._announce(vip)
+        return errors
+
+    def _interface_addresses(self) -> set[str]:
+        assert self.public_interface is not None
         shown = self._run([self.ip, "-j", "addr", "show", "dev", self.public_interface])
         if shown.returncode != 0:
             raise BackendError(f"ip addr show {self.public_interface} failed: {_first_line(shown.stderr)}")
-        have = any(
-            a.get("local") == vip
-            for link in json.loads(shown.stdout or "[]")
-            for a in link.get("addr_info", [])
-        )
-        if have == present:
-            return
-        if present:
-            argv = [self.ip, "addr", "add", f"{vip}/{prefix}", "dev", self.public_interface]
-            if prefix == 128:
-                argv.append("nodad")  # the VIP must be usable at once, not after duplicate detection
-        else:
-            argv = [self.ip, "addr", "del", f"{vip}/{prefix}", "dev", self.public_interface]
-        done = self._run(argv)
-        if done.returncode != 0:
-            raise BackendError(f"ip addr {'add' if present else 'del'} {vip} failed: {_first_line(done.stderr)}")
-        if present and prefix == 32:
-            self._announce(vip)
+        try:
+            links = json.loads(shown.stdout or "[]")
+            return {a["local"] for link in links for a in link.get("addr_info", []) if isinstance(a.get("local"), str)}
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise BackendError(f"ip addr show {self.public_interface} printed unreadable JSON") from exc
 
     def _announce(self, vip: str) -> None:
         """Gratuitous ARP, so neighbours that cached the VIP on its previous host switch now (best effort)."""
@@ -450,72 +596,6 @@ class NftablesBackend:
             send_garp(self.public_interface, vip)
         except OSError as exc:
             log.warning("nft.garp_failed", vip=vip, interface=self.public_interface, error=str(exc))
-
-
-def send_garp(interface: str, ip: str) -> None:
-    """Broadcast one gratuitous ARP request for ``ip`` from ``interface``'s MAC (needs CAP_NET_RAW)."""
-    mac = bytes.fromhex(Path(f"/sys/class/net/{interface}/address").read_text().strip().replace(":", ""))
-    addr = socket.inet_aton(ip)
-    frame = (
-        b"\xff" * 6 + mac + struct.pack("!H", 0x0806)
-        + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)  # Ethernet, IPv4, request
-        + mac + addr + b"\x00" * 6 + addr
-    )
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-        sock.bind((interface, 0))
-        sock.send(frame)
-
-
-def parse_rules(items: Sequence[Any]) -> list[OwnedRule]:
-    """eipflow's rules from an ``nft -j list`` document; rules without our comment are not ours."""
-    out: list[OwnedRule] = []
-    for item in items:
-        rule = item.get("rule") if isinstance(item, dict) else None
-        if not isinstance(rule, dict):
-            continue
-        comment = rule.get("comment")
-        if not isinstance(comment, str) or not comment.startswith(COMMENT_PREFIX + " "):
-            continue
-        parts = comment.split(" ", 3)
-        if len(parts) < 3:
-            continue
-        role, _, gen_text = parts[2].partition("@")  # "dnat@12"; rules from before generations: "dnat"
-        if role not in ("dnat", "snat") or not (gen_text.isdigit() or gen_text == ""):
-            continue
-        matched: dict[str, str] = {}
-        target: str | None = None
-        for expr in rule.get("expr", []):
-            if not isinstance(expr, dict):
-                continue
-            match = expr.get("match")
-            if isinstance(match, dict):
-                payload = (match.get("left") or {}).get("payload") if isinstance(match.get("left"), dict) else None
-                if isinstance(payload, dict) and isinstance(match.get("right"), str):
-                    matched[str(payload.get("field"))] = match["right"]
-            for verb in ("dnat", "snat"):
-                nat = expr.get(verb)
-                if isinstance(nat, dict) and isinstance(nat.get("addr"), str):
-                    target = nat["addr"]
-        vip, guest = (matched.get("daddr"), target) if role == "dnat" else (target, matched.get("saddr"))
-        out.append(OwnedRule(str(rule.get("chain")), int(rule["handle"]), parts[1], role,
-                             parts[3] if len(parts) > 3 else "", vip, guest, int(gen_text or 0)))
-    return out
-
-
-def specs_from_rules(rules: Sequence[OwnedRule], host_uuid: str) -> list[EipSpec]:
-    """One spec per EIP (a half-present pair still counts: drift repair must see it)."""
-    by_eip: dict[str, dict[str, OwnedRule]] = {}
-    for r in rules:
-        by_eip.setdefault(r.eip_uuid, {})[r.role] = r
-    specs = []
-    for eip, pair in sorted(by_eip.items()):
-        dnat, snat = pair.get("dnat"), pair.get("snat")
-        nic = (dnat.nic_part if dnat else "") + (snat.nic_part if snat else "")
-        vip = (dnat.vip if dnat else None) or (snat.vip if snat else None) or ""
-        guest = (dnat.guest_ip if dnat else None) or (snat.guest_ip if snat else None) or ""
-        generation = max(r.generation for r in pair.values())
-        specs.append(EipSpec(eip, vip, nic, guest, host_uuid, generation))
-    return specs
 
 
 def _first_line(text: str) -> str:

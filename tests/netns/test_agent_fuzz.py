@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import schemathesis
@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from eipflow import InMemoryDataplane
+from eipflow import BackendError, InMemoryDataplane
 from eipflow.agent import parse_hosts
 from eipflow.agent.openapi import openapi
 from eipflow.agent.server import build_server
+from eipflow.backends.batch import Change, ChangeResult, result_of
 
 TOKEN = "fuzz-token-7d1e9a0c4b2f"
 HOST = "host-1"
@@ -32,11 +33,33 @@ schema = schemathesis.openapi.from_dict(openapi(HOST))
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=EXAMPLES)
 # A body naming another host is refused with 421 (Misdirected Request), as documented: a rejection too.
 schema.config.checks.negative_data_rejection.expected_statuses.append("421")
+# A batch of more than MAX_BATCH changes is refused with 413 (Content Too Large), as documented.
+schema.config.checks.negative_data_rejection.expected_statuses.append("413")
+
+
+class BatchingDataplane(InMemoryDataplane):
+    """The in-memory dataplane with a batch call, so the agent's /v1/batch path reaches it in one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []  # the size of each batch call
+
+    def apply_changes(self, host_uuid: str, changes: Sequence[Change]) -> list[ChangeResult]:
+        self.batches.append(len(changes))
+        out = []
+        for change in changes:
+            try:
+                (self.apply if change.action == "apply" else self.revoke)(change.spec)
+            except BackendError as exc:
+                out.append(result_of(exc))
+            else:
+                out.append(result_of(None))
+        return out
 
 
 class LiveAgent:
     def __init__(self) -> None:
-        self.dataplane = InMemoryDataplane()
+        self.dataplane = BatchingDataplane()
         # No vip_ranges (their 403 is tested on its own): random addresses must be able to get through.
         config = parse_hosts({"hosts": {HOST: {"url": "http://127.0.0.1:9600", "token": TOKEN,
                                                "announce": "none"}}})[HOST]
@@ -92,3 +115,4 @@ def test_the_fuzzer_got_past_validation(agent: LiveAgent) -> None:
     """Runs after the fuzz test (file order): some generated applies and revokes really reached the dataplane."""
     actions = {c.action for c in agent.dataplane.calls}
     assert {"apply", "revoke"} <= actions, actions
+    assert any(agent.dataplane.batches), "no generated batch reached the dataplane"

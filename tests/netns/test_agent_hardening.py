@@ -31,6 +31,7 @@ from eipflow import AddressNotAllowed, BackendError, InMemoryDataplane
 from eipflow.agent import HostConfig, InvalidHostsFile, load_hosts, parse_hosts
 from eipflow.agent.app import WARN_EVERY_S, create_app
 from eipflow.agent.server import SOCKET_MODE, build_server
+from eipflow.backends.batch import MAX_BATCH
 from eipflow.backends.http import HttpAgentBackend
 from eipflow.cli import main
 from eipflow.values import EipSpec
@@ -354,8 +355,10 @@ def test_the_openapi_description_is_published_without_a_token() -> None:
     app = create_app(InMemoryDataplane(), host_uuid=HOST, token=TOKEN)
     doc = call(app, "GET", "/openapi.json").json()
     assert doc["openapi"].startswith("3.") and set(doc["paths"]) == {"/healthz", "/v1/rules", "/v1/apply",
-                                                                      "/v1/revoke"}
+                                                                      "/v1/revoke", "/v1/batch"}
     assert doc["components"]["schemas"]["Spec"]["additionalProperties"] is False
+    assert doc["components"]["schemas"]["Batch"]["properties"]["changes"]["maxItems"] == MAX_BATCH
+    assert set(doc["paths"]["/v1/batch"]["post"]["responses"]) == {"200", "401", "413", "421", "422"}
     json.dumps(doc)
 
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import subprocess
+import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from eipflow import AddressNotAllowed, AttachFailed, BackendError, Eipflow, StaleGeneration
+from eipflow.agent import parse_hosts
+from eipflow.agent.app import create_app
 from eipflow.agent.lab import Lab
+from eipflow.backends.batch import Change, run_changes
+from eipflow.backends.http import HttpAgentBackend
 from eipflow.backends.nftables import NftablesBackend, parse_rules
 from eipflow.values import EipSpec
+from tests._support import serving
 
 pytestmark = pytest.mark.netns
 
@@ -212,7 +222,10 @@ def test_parse_ignores_unrelated_json() -> None:
 
 
 def _failing_ip(tmp_path: Path, verb: str) -> str:
-    """An ``ip`` that fails ``ip addr VERB …`` (as a kernel refusing the address would) and runs the rest."""
+    """An ``ip`` that fails ``ip addr VERB …`` (as a kernel refusing the address would) and runs the rest.
+
+    Also in a batch (``ip -force -batch -``): its ``addr VERB`` lines fail, the others run.
+    """
     real = shutil.which("ip")
     assert real is not None
     script = tmp_path / "ip"
@@ -220,6 +233,12 @@ def _failing_ip(tmp_path: Path, verb: str) -> str:
         "#!/bin/sh\n"
         f'if [ "$1" = addr ] && [ "$2" = {verb} ]; then\n'
         '  echo "RTNETLINK answers: Operation not permitted" >&2; exit 2\n'
+        'fi\n'
+        'if [ "$1" = -force ] && [ "$2" = -batch ]; then\n'
+        '  lines=$(cat)\n'
+        f'  printf "%s\\n" "$lines" | grep -v "^addr {verb} " | {real} -force -batch - || exit $?\n'
+        f'  printf "%s\\n" "$lines" | grep -q "^addr {verb} " || exit 0\n'
+        '  echo "RTNETLINK answers: Operation not permitted" >&2; exit 1\n'
         'fi\n'
         f'exec {real} "$@"\n'
     )
@@ -309,3 +328,201 @@ def test_a_vip_whose_rules_were_lost_but_whose_address_stayed_is_re_applied(lab:
     assert nft.rules() == [] and "203.0.113.100" in addresses(lab, host)
     nft.apply(s)
     assert nft.rules() == [s]
+
+
+# -- batches -----------------------------------------------------------------------------------
+class Spawns:
+    """Wraps a backend's command runner: every command it started, in order (``before_commit`` runs
+    once, just before the first ``nft -f``: a deterministic "meanwhile")."""
+
+    def __init__(self, backend: NftablesBackend, before_commit: Callable[[], object] | None = None) -> None:
+        self.argvs: list[list[str]] = []
+        self._before = before_commit
+        real = backend._run
+
+        def run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            self.argvs.append(list(argv))
+            if "-f" in argv and self._before is not None:
+                hook, self._before = self._before, None
+                hook()
+            return real(argv, stdin)
+
+        backend._run = run  # type: ignore[method-assign]
+
+    def transactions(self) -> int:
+        return sum(Path(a[0]).name == "nft" and "-f" in a for a in self.argvs)
+
+    def nft(self) -> int:
+        return sum(Path(a[0]).name == "nft" for a in self.argvs)
+
+    def clear(self) -> None:
+        self.argvs.clear()
+
+
+def _poisoned_nft(tmp_path: Path, marker: str) -> str:
+    """An ``nft`` that rejects any transaction mentioning ``marker`` (as nft rejects a rule it cannot take),
+    and runs everything else."""
+    real = shutil.which("nft")
+    assert real is not None
+    script = tmp_path / "nft"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = -f ]; then\n'
+        '  doc=$(cat)\n'
+        f'  case "$doc" in *"{marker}"*) echo "Error: Could not process rule: Invalid argument" >&2; exit 1;; esac\n'
+        f'  printf "%s" "$doc" | exec {real} "$@"\n'
+        'fi\n'
+        f'exec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def many(n: int, first: int = 100) -> list[EipSpec]:
+    return [spec(vip=f"203.0.113.{first + i}", guest=f"192.0.2.{first + i}", nic=f"nic-{i}") for i in range(n)]
+
+
+def test_a_batch_of_applies_is_one_nft_transaction(lab: Lab, host: str, nft: NftablesBackend) -> None:
+    """N applies through the batch port: N rule pairs and N VIPs, one ``nft -f``, a fixed number of commands."""
+    specs = many(40)
+    spawns = Spawns(nft)
+    results = run_changes(nft, HOST, [Change("apply", s) for s in specs])
+    # one rule listing and one transaction; ip: the host's addresses and gateways, pub0's addresses, one batch
+    assert (spawns.transactions(), spawns.nft(), len(spawns.argvs)) == (1, 2, 7)
+    assert [r.status for r in results] == ["done"] * 40
+    rules = kernel_rules(lab, host)
+    assert len(rules) == 80 and sum(" dnat ip to " in r for r in rules) == 40
+    assert sorted(nft.rules(), key=lambda s: s.eip_uuid) == sorted(specs, key=lambda s: s.eip_uuid)
+    assert {s.vip for s in specs} <= addresses(lab, host)
+    spawns.clear()
+    results = run_changes(nft, HOST, [Change("revoke", dataclasses.replace(s, generation=2)) for s in specs])
+    assert (spawns.transactions(), spawns.nft()) == (1, 2)
+    assert [r.status for r in results] == ["done"] * 40
+    assert kernel_rules(lab, host) == [] and not {s.vip for s in specs} & addresses(lab, host)
+
+
+def test_a_batch_judges_each_change_and_a_rejected_transaction_falls_back(lab: Lab, host: str,
+                                                                          tmp_path: Path) -> None:
+    """Refused (older generation) and failed (nft rejects its rule) changes end alone; the others are realized.
+
+    nft rejects the batch's transaction as a whole, so the accepted changes go again one at a time: the
+    poisoned one fails alone. Record files change only for what took effect."""
+    state = tmp_path / "state"
+    nft = NftablesBackend(HOST, public_interface="pub0", namespace=host, state_dir=state,
+                          nft=_poisoned_nft(tmp_path, "203.0.113.66"))
+    held = spec(gen=5)
+    gone, a, b = many(3, first=101)
+    nft.apply(held)
+    nft.apply(gone)
+    poisoned = spec(vip="203.0.113.66", guest="192.0.2.66")
+    spawns = Spawns(nft)
+    with capture_logs() as logs:
+        results = nft.apply_changes(HOST, [
+            Change("apply", spec(held.eip_uuid, guest="192.0.2.99", gen=3)),
+            Change("apply", poisoned),
+            Change("apply", a),
+            Change("revoke", dataclasses.replace(gone, generation=2)),
+            Change("apply", b),
+        ])
+    assert [r.status for r in results] == ["refused", "failed", "done", "done", "done"]
+    stale = results[0].error
+    assert isinstance(stale, StaleGeneration)
+    assert (stale.reason, stale.requested, stale.current) == ("older", 3, 5)
+    assert results[1].error is not None and "nft transaction failed" in str(results[1].error)
+    assert spawns.transactions() == 1 + 4  # the rejected batch, then each accepted change alone
+    assert sorted(nft.rules(), key=lambda s: s.eip_uuid) == sorted([held, a, b], key=lambda s: s.eip_uuid)
+    assert "203.0.113.66" not in addresses(lab, host)
+    assert not (state / f"{poisoned.eip_uuid}.json").exists()
+    records = {p.stem: json.loads(p.read_text()) for p in state.glob("*.json")}
+    assert (records[held.eip_uuid]["generation"], records[held.eip_uuid]["guest_ip"]) == (5, "192.0.2.10")
+    assert (records[gone.eip_uuid]["generation"], records[gone.eip_uuid]["revoked"]) == (2, True)
+    batch_logs = [e for e in logs if e["event"] == "nft.batch"]
+    assert [(e["fallback"], e["done"], e["refused"], e["failed"]) for e in batch_logs] == [(True, 3, 1, 1)]
+
+
+def test_a_batch_rejected_for_a_rule_that_vanished_meanwhile_is_redone_one_at_a_time(
+    lab: Lab, host: str, nft: NftablesBackend
+) -> None:
+    """Real nft rejects the batch (a rule it deletes by handle is gone); each change, re-read alone, succeeds."""
+    old = many(2)
+    for s in old:
+        nft.apply(s)
+    moved = [dataclasses.replace(s, guest_ip=f"192.0.2.{50 + i}", generation=2) for i, s in enumerate(old)]
+    spawns = Spawns(nft, before_commit=lambda: lab.run(host, "nft", "flush", "chain", "inet", "eipflow", "postrouting"))
+    results = nft.apply_changes(HOST, [Change("apply", s) for s in moved])
+    assert [r.status for r in results] == ["done", "done"]
+    assert spawns.transactions() == 1 + 2
+    assert sorted(nft.rules(), key=lambda s: s.eip_uuid) == sorted(moved, key=lambda s: s.eip_uuid)
+    assert len(kernel_rules(lab, host)) == 4
+
+
+def test_a_batch_refuses_invalid_repeated_and_host_address_changes_alone(lab: Lab, host: str,
+                                                                        nft: NftablesBackend) -> None:
+    """Validation, one-change-per-EIP and the host-address rule judge each change; the rest is one transaction."""
+    lab.address(host, "pub0", "203.0.113.11/24")
+    ok, own = spec(), spec(vip="203.0.113.11", guest="192.0.2.11")
+    spawns = Spawns(nft)
+    results = nft.apply_changes(HOST, [
+        Change("apply", spec(guest="127.0.0.1")),
+        Change("apply", ok),
+        Change("revoke", ok),
+        Change("apply", own),
+        Change("revoke", spec(vip="203.0.113.77")),  # nothing there: fine, and no transaction of its own
+    ])
+    assert [r.status for r in results] == ["failed_permanent", "done", "failed_permanent", "failed_permanent", "done"]
+    assert "loopback" in str(results[0].error) and "more than one change" in str(results[2].error)
+    assert isinstance(results[3].error, AddressNotAllowed)
+    assert nft.rules() == [ok] and spawns.transactions() == 1
+    assert nft.apply_changes("host-2", [Change("apply", ok)])[0].status == "failed_permanent"
+
+
+def test_a_batch_through_the_agent_ends_as_the_backend_itself(lab: Lab, host: str, tmp_path: Path) -> None:
+    """The same batch, sent to an agent over HTTP and given to an nftables backend directly: the same
+    results, the same rules and addresses in both kernels, the same nft transactions; one HTTP request."""
+    other = lab.netns("h2")
+    lab.veth(other, "pub0", other, "pub0p")
+    poison = _poisoned_nft(tmp_path, "203.0.113.66")
+    backends = {}
+    for ns in (host, other):
+        lab.address(ns, "pub0", "203.0.113.11/24")
+        backends[ns] = NftablesBackend(HOST, public_interface="pub0", namespace=ns, nft=poison,
+                                       state_dir=tmp_path / ns)
+    held = spec(gen=5)
+    a, b = many(2, first=101)
+    changes = [Change("apply", spec(held.eip_uuid, guest="192.0.2.99", gen=3)), Change("apply", a),
+               Change("apply", spec(vip="203.0.113.66", guest="192.0.2.66")),
+               Change("apply", spec(vip="203.0.113.11", guest="192.0.2.12")), Change("apply", b),
+               Change("revoke", spec(vip="203.0.113.88"))]
+    token = "batch-token-0123456789abcdef"
+    sock_dir = tempfile.mkdtemp(prefix="eipb-", dir="/tmp")  # Unix socket paths are short
+    try:
+        app = create_app(backends[host], host_uuid=HOST, token=token)
+        with serving(app, f"{sock_dir}/agent.sock", token) as client:
+            paths: list[str] = []
+            client.event_hooks["request"].append(lambda request: paths.append(request.url.path))
+            hosts = parse_hosts({"hosts": {HOST: {"url": f"unix://{sock_dir}/agent.sock", "token": token,
+                                                  "public_interface": "pub0"}}})
+            remote = HttpAgentBackend(hosts, clients={HOST: client})
+            remote.apply(held)
+            backends[other].apply(held)
+            paths.clear()
+            spawns = {ns: Spawns(backends[ns]) for ns in (host, other)}
+            over_http = remote.apply_changes(HOST, changes)
+            direct = backends[other].apply_changes(HOST, changes)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert paths == ["/v1/batch"]
+    assert [r.status for r in over_http] == [r.status for r in direct] == [
+        "refused", "done", "failed", "failed_permanent", "done", "done"]
+    assert [type(r.error) for r in over_http] == [type(r.error) for r in direct]
+    stale_http, stale_direct = over_http[0].error, direct[0].error
+    assert isinstance(stale_http, StaleGeneration) and isinstance(stale_direct, StaleGeneration)
+    assert (stale_http.reason, stale_http.requested, stale_http.current) == (
+        stale_direct.reason, stale_direct.requested, stale_direct.current) == ("older", 3, 5)
+    assert [r.error.retryable for r in over_http if r.error] == [r.error.retryable for r in direct if r.error]
+    assert kernel_rules(lab, host) == kernel_rules(lab, other) and len(kernel_rules(lab, host)) == 6
+    def vips(ns: str) -> set[str]:
+        return {a for a in addresses(lab, ns) if not a.startswith("fe80:")}  # link-local ones differ by MAC
+
+    assert vips(host) == vips(other) == {"203.0.113.11", held.vip, a.vip, b.vip}
+    assert spawns[host].transactions() == spawns[other].transactions() == 1 + 3  # rejected, then alone
