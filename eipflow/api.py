@@ -18,7 +18,6 @@ from .clock import Clock, SystemClock
 from .errors import (
     AddressInUse,
     AttachFailed,
-    AttachSuperseded,
     ConflictError,
     EipflowError,
     EipNotFound,
@@ -26,6 +25,7 @@ from .errors import (
     OperationIdReused,
     WorkItemNotFound,
 )
+from .outcome import attach_outcome
 from .runner import NotApplicable, RetryPolicy, Runner
 from .store import Operations, Store, create_db_engine, ensure_schema, redacted, resolve_url
 from .store.database import sqlite_synchronous_mode
@@ -354,13 +354,11 @@ class Eipflow:
                 return final  # attach, proceed, apply_ok and nothing between: no rollback to look for
         if not wait:
             return eip
-        if self.store.reached_since(uuid, "rolling_back", version):
-            last = final or _deleted(eip)
-            raise AttachFailed(uuid, (final.last_error if final else None) or "apply failed", last.state)
-        if final is None or (final.vm_nic_uuid, final.guest_ip) != (nic, guest_ip):
-            state = final.state if final else "deleted"
-            raise AttachSuperseded(uuid, state, (final.vm_nic_uuid, final.guest_ip) if final else (None, None))
-        return final
+        outcome = attach_outcome(self.store.history(uuid), final, uuid, version=version)
+        if outcome.ended == "pending":
+            assert final is not None
+            return final  # another caller's backend call must finish first (documented)
+        return outcome.result()
 
     def detach(self, uuid: str, *, op_id: str | None = None, wait: bool = True) -> Eip:
         """Revoke the EIP's rule and clear its binding (deferred to the in-flight call if one runs)."""

@@ -227,14 +227,26 @@ class AddressInUse(ConflictError):
 
 
 class AttachSuperseded(ConflictError):
-    """The attach's binding did not survive: a detach, delete or later attach overtook it while it ran."""
+    """The attach's binding did not survive: a detach, delete or later attach overtook it while it ran.
 
-    def __init__(self, eip_uuid: str, state: str, binding: tuple[str | None, str | None]) -> None:
+    Attributes:
+        eip_uuid: the EIP.
+        state: its state now (``deleted`` once gone).
+        binding: its ``(NIC, guest IP)`` now (``(None, None)`` when unbound).
+        by_event: the overtaking request's event (``detach``, ``delete``, ``attach``), when known.
+        by_op_id: the overtaking request's operation id, when it had one.
+    """
+
+    def __init__(self, eip_uuid: str, state: str, binding: tuple[str | None, str | None], *,
+                 by_event: str | None = None, by_op_id: str | None = None) -> None:
         self.eip_uuid = eip_uuid
         self.state = state
         self.binding = binding
+        self.by_event = by_event
+        self.by_op_id = by_op_id
         now = f"bound to {binding[0]}/{binding[1]}" if binding[0] else "unbound"
-        super().__init__(f"attach of EIP {eip_uuid} was overtaken by a later request: it is now {state}, {now}")
+        by = f" (a later {by_event}{f' {by_op_id}' if by_op_id else ''})" if by_event else ""
+        super().__init__(f"attach of EIP {eip_uuid} was overtaken by a later request{by}: it is now {state}, {now}")
 
 
 class StepPending(ConflictError):

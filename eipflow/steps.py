@@ -12,9 +12,11 @@ these three instead. Every step is safe to repeat:
    does nothing when the EIP is stable, the item is leased by a live worker, or
    it is waiting for its backoff — a worker or a later retry will run it.
 3. :func:`finish` drives the EIP to a stable state and reports the outcome:
-   the row (``attached``, or ``released`` when the VM is stopped), or
-   :class:`~eipflow.AttachFailed` when the attach was rolled back. While work is
-   still in flight elsewhere it raises :class:`StepPending` (retryable).
+   the row (``attached``, or ``released`` when the VM is stopped),
+   :class:`~eipflow.AttachFailed` when the attach was rolled back, or
+   :class:`~eipflow.AttachSuperseded` when a later request overtook it — the same
+   reading as ``Eipflow.attach`` (:mod:`eipflow.outcome`). While work is still in
+   flight elsewhere it raises :class:`StepPending` (retryable).
 
 See ``docs/steps.md``.
 """
@@ -22,8 +24,8 @@ See ``docs/steps.md``.
 from __future__ import annotations
 
 from .api import Eipflow
-from .errors import AttachFailed, EipNotFound, StepPending
-from .machine import IN_FLIGHT
+from .errors import EipNotFound, StepPending
+from .outcome import attach_outcome
 from .values import Eip
 
 __all__ = ["StepPending", "apply", "bind", "finish"]
@@ -68,7 +70,8 @@ def apply(flow: Eipflow, uuid: str) -> Eip:
 
 
 def finish(flow: Eipflow, uuid: str, *, op_id: str | None = None) -> Eip:
-    """Step 3: drive the EIP to a stable state and report how the attach ended.
+    """Step 3: drive the EIP to a stable state and report how the attach ended
+    (:func:`eipflow.outcome.attach_outcome`, the same reading :meth:`Eipflow.attach` reports).
 
     Args:
         flow: the opened flow.
@@ -76,33 +79,17 @@ def finish(flow: Eipflow, uuid: str, *, op_id: str | None = None) -> Eip:
         op_id: the ``op_id`` given to :func:`bind`: judge that attach (default: the latest one).
 
     Returns:
-        The stable row: ``attached``, ``released`` (the VM is stopped; it is applied when the VM
-        starts), or ``detached`` when a later detach overtook the attach.
+        The stable row: ``attached``, or ``released`` (the VM is stopped; it is applied when the VM
+        starts).
 
     Raises:
         AttachFailed: the attach's apply failed and the binding was rolled back.
+        AttachSuperseded: a later detach, delete or attach overtook the attach (``by_event`` says which).
         StepPending: backend work is still in flight elsewhere or waiting for a retry.
-        EipNotFound: the EIP was deleted (by a later delete, or never existed).
+        EipNotFound: the EIP never existed.
     """
     eip = flow.runner.drive(uuid)
-    history = flow.history(uuid)  # raises EipNotFound for an EIP that never existed
-    attaches = [r for r in history if r.event == "attach" and (op_id is None or r.op_id == op_id)]
-    if not attaches:
-        raise EipNotFound(uuid) if eip is None else AttachFailed(uuid, "no such attach in the history", eip.state)
-    start = attaches[-1].version
-    later = [r for r in history if r.version > start]
-    # Only this attach's own outcome counts: stop at the next attach of the same EIP.
-    nxt = next((r.version for r in later if r.event == "attach"), None)
-    mine = [r for r in later if nxt is None or r.version < nxt]
-    if any(r.to_state == "rolling_back" for r in mine):
-        last = mine[-1]
-        error = next((str(r.details.get("error")) for r in reversed(mine) if r.details.get("error")), "apply failed")
-        if last.to_state in IN_FLIGHT and nxt is None:
-            raise StepPending(uuid, last.to_state, eip.work_id if eip else None)
-        raise AttachFailed(uuid, error, last.to_state)
-    if eip is None:
-        raise EipNotFound(uuid)  # deleted by a later intent: there is no row to report
-    if eip.state in IN_FLIGHT:
-        raise StepPending(uuid, eip.state, eip.work_id)
-    return eip
-
+    history = flow.store.history(uuid)
+    if not history:
+        raise EipNotFound(uuid)
+    return attach_outcome(history, eip, uuid, op_id=op_id).result()

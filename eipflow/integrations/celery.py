@@ -23,7 +23,9 @@ still leased elsewhere the task retries itself later with the same operation id.
 
 **Outcomes.** Tasks return JSON: the EIP row as a dict (``list`` of rows for VM events). An attach
 whose apply failed and was rolled back raises :class:`AttachRolledBack` (a plain, picklable-by-name
-exception whose message says which EIP and why), so a chain stops there. Errors that eipflow marks
+exception whose message says which EIP and why), so a chain stops there; one that a later detach, delete or
+attach overtook raises :class:`AttachOvertaken` (the same reading as ``Eipflow.attach``'s
+``AttachSuperseded``: :mod:`eipflow.outcome`). Errors that eipflow marks
 ``retryable`` (lost compare-and-swaps, database hiccups) are retried with backoff; the others fail
 the task at once.
 """
@@ -37,17 +39,24 @@ from typing import Any
 
 from .._logging import get_logger
 from ..api import Eipflow
-from ..errors import AttachFailed, ConflictError, EipflowError
-from ..machine import IN_FLIGHT
+from ..errors import AttachFailed, AttachSuperseded, ConflictError, EipflowError
+from ..outcome import attach_outcome
 from ..values import Eip
 from . import FlowSource, resolve_flow
 
-__all__ = ["AttachRolledBack", "EipflowTasks", "register"]
+__all__ = ["AttachOvertaken", "AttachRolledBack", "EipflowTasks", "register"]
 
 log = get_logger("eipflow.integrations.celery")
 
 #: Retries of one task (pending work, retryable errors) before Celery gives up on it.
 MAX_RETRIES = 60
+
+
+class AttachOvertaken(Exception):
+    """A later detach, delete or attach overtook the attach while it ran (``AttachSuperseded`` elsewhere).
+
+    Plain and one-argument like :class:`AttachRolledBack`, for the same reason.
+    """
 
 
 class AttachRolledBack(Exception):
@@ -109,17 +118,16 @@ def _attach(flow: Eipflow, uuid: str, nic: str, guest_ip: str, vm: str, host: st
     """Steps 1-3 of the attach (see the module docstring); raises _WorkPending while work runs elsewhere."""
     bound = flow.attach(uuid, nic=nic, guest_ip=guest_ip, vm=vm, host=host, op_id=op_id, wait=False)
     row = flow.runner.drive(uuid)
-    if row is None:
-        raise AttachRolledBack(f"EIP {uuid} was deleted while its attach ran")
-    later = [r for r in flow.history(uuid) if r.version > bound.version]
-    if any(r.to_state == "rolling_back" for r in later):
-        failure = AttachFailed(uuid, row.last_error or "apply failed", row.state)
-        if row.state in IN_FLIGHT:
-            raise _WorkPending(f"EIP {uuid} is rolling back its failed attach (work item {row.work_id})")
-        raise AttachRolledBack(str(failure))
-    if row.state in IN_FLIGHT:
-        raise _WorkPending(f"EIP {uuid} is still {row.state} (work item {row.work_id}); checking again later")
-    return row
+    outcome = attach_outcome(flow.store.history(uuid), row, uuid, version=bound.version)
+    if outcome.ended == "pending":
+        raise _WorkPending(f"EIP {uuid} is still {outcome.state} (work item {row.work_id if row else None}); "
+                           "checking again later")
+    try:
+        return outcome.result()
+    except AttachFailed as exc:
+        raise AttachRolledBack(str(exc)) from None
+    except AttachSuperseded as exc:
+        raise AttachOvertaken(str(exc)) from None
 
 
 def register(app: Any, flow: FlowSource | None = None, *, prefix: str = "eipflow", retry_base_s: float = 0.5
