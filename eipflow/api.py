@@ -369,13 +369,19 @@ class Eipflow:
         )
 
     def _intent(self, uuid: str, event: str, changes: dict[str, Any], op_id: str | None, wait: bool) -> Eip:
-        eip = self.runner.fire(uuid, event, changes, op_id=op_id)
-        if wait and eip.state != "deleted":
+        if not wait:
+            return self.runner.fire(uuid, event, changes, op_id=op_id)
+        # The inline flow: the intent and the lease of the revoke it needs in one transaction, the backend
+        # call, one fenced completion; more work only if another caller's intent came in meanwhile.
+        eip, committed, item = self.runner.start(uuid, event, changes, op_id=op_id)
+        if eip.state == "deleted":
+            return eip
+        final = self.runner.run_leased(item, committed) if item is not None else committed
+        if final is None or final.work_id is not None:
             final = self.runner.drive(uuid)
-            if final is None:  # deleted by its own work
-                return _deleted(eip)
-            return final
-        return eip
+        if final is None:  # deleted by its own work
+            return _deleted(eip)
+        return final
 
     # -- VM facts ------------------------------------------------------------------------------
     def vm_stopped(self, vm: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:

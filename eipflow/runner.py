@@ -245,37 +245,50 @@ class Runner:
         op_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> tuple[Eip, Eip, WorkItem | None]:
-        """Send an intent and, in the same transaction, lease the work it creates and take its first step.
+        """Send an intent and, in the same transaction, lease the work it creates (and take its first step).
 
-        The inline flow's first transaction: an attach persists the binding, leases its apply to this
+        The inline flows' first transaction. An attach persists the binding, leases its apply to this
         runner and proceeds to ``applying`` (or straight to ``released`` for a stopped VM) in one commit,
-        reading the VM's facts under a share lock. The history is the same as the two-step path's
-        (``attach``, then ``proceed``). Returns ``(row after the intent, row as committed, leased item)``;
-        the item is ``None`` when there is no leased work left to run (the caller then drives as usual).
+        reading the VM's facts under a share lock — with the same history as the two-step path
+        (``attach``, then ``proceed``). A detach or delete that needs a revoke leases it in the same commit.
+        Returns ``(row after the intent, row as committed, leased item)``; the item is ``None`` when no
+        leased work is left to run (the caller then drives as usual).
         """
         started = time.perf_counter()
         seen = 0
         chained: dict[str, Any] = {}
 
-        def then(written: Eip, vm: Vm | None) -> PlannedTransition | None:
+        def then(written: Eip, read_vm: Callable[[], Vm | None]) -> PlannedTransition | bool | None:
             chained.clear()
-            if written.state != "binding" or written.work_id is None:
+            work: NewWork | None = chained_plan["plan"].new_work
+            if written.work_id is None or work is None:
                 return None
             now = self.store.clock.now()
-            item = WorkItem(written.work_id, written.uuid, "apply", None, "running", 1, now, self.owner, None, None,
-                            False, now, now)
+            spec = None
+            if work.host_uuid is not None and work.generation is not None:
+                spec = EipSpec(written.uuid, work.vip, work.vm_nic_uuid, work.guest_ip, work.host_uuid,
+                               work.generation)
+            item = WorkItem(written.work_id, written.uuid, work.action, spec, "running", 1, now, self.owner, None,
+                            None, False, now, now)
+            chained.update(intent=written, item=item)
+            if written.state != "binding":
+                return spec is not None or None  # lease a runnable item (a revoke); nothing more to write
             try:
-                plan = self._plan(written, "proceed", _placement(written, vm), item=item,
+                plan = self._plan(written, "proceed", _placement(written, read_vm()), item=item,
                                   details={"work_id": item.id, "attempt": item.attempts})
             except IllegalTransition:
+                chained.clear()
                 return None
-            chained.update(intent=written, plan=plan, item=item)
+            chained["plan"] = plan
             return plan
+
+        chained_plan: dict[str, PlannedTransition] = {}
 
         def decide(eip: Eip, _vm: Vm | None) -> PlannedTransition:
             nonlocal seen
             seen = eip.version
             plan = self._plan(eip, event, changes, actor=actor, op_id=op_id, details=details)
+            chained_plan["plan"] = plan
             return replace(plan, chain=ChainLease(self.owner, self.lease_seconds, then))
 
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -290,9 +303,11 @@ class Runner:
                 self._log_transition(plan, result, started)
                 return result, result, None
             intent: Eip = chained["intent"]
-            self._log_transition(plan, intent, started)
-            self._log_transition(chained["plan"], result, started, inline=True)
             item: WorkItem = chained["item"]
+            self._log_transition(plan, intent, started, leased=item.id)
+            if "plan" not in chained:
+                return intent, result, item  # a leased revoke (detach, delete)
+            self._log_transition(chained["plan"], result, started, inline=True)
             if result.state != "applying" or result.work_id != item.id:
                 return intent, result, None  # released (a stopped VM): the proceed finished the item
             assert result.applied_host is not None and result.vm_nic_uuid and result.guest_ip

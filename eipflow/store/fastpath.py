@@ -491,20 +491,23 @@ class FastPath:
 
     def _chain(self, cur: Any, written: Eip, chain: Any, now: datetime, now_db: Any) -> Eip | None:
         """:class:`~eipflow.store.ChainLease`: the VM's facts (share-locked), the lease, the next plan."""
-        vm = None
-        if written.vm_uuid is not None:
+        def read_vm() -> Vm | None:
+            if written.vm_uuid is None:
+                return None
             cur.execute(self._vm_shared.text, self._vm_shared.params({"u": written.vm_uuid}))
             found = cur.fetchone()
-            if found is not None:
-                vm = Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4])
-        nxt = chain.then(written, vm)
-        if nxt is None:
+            return Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4]) if found else None
+
+        nxt = chain.then(written, read_vm)
+        if nxt is None or nxt is False:
             return written
         params = {"w_id": written.work_id, "w_now": now_db, "s_owner": chain.owner,
                   "s_lease_us": round(chain.lease_seconds * 1_000_000), "s_now": now_db}
         cur.execute(self._claim.text, self._claim.params(params))
         if cur.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
             raise LeaseLost(written.work_id)
+        if nxt is True:
+            return written
         out = self._write(cur, written, nxt, now)
         if out is None:  # pragma: no cover - this transaction holds the row
             raise LeaseLost(written.work_id)

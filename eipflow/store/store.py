@@ -156,17 +156,20 @@ class WorkUpdate:
 
 @dataclass(frozen=True, slots=True)
 class ChainLease:
-    """Go on in the same transaction: lease the work item the plan created to ``owner`` and write what
-    ``then`` plans for the row as written (given the bound VM's facts, read with a share lock, so a VM
-    event recorded meanwhile is either seen here or sees this binding).
+    """Go on in the same transaction: lease the work item the plan created to ``owner`` and, if ``then``
+    plans one, write a second transition for the row as written.
 
-    The inline attach's first transaction: persist the binding, enter the in-flight state and lease the
-    apply to the caller, in one commit. ``then`` returns ``None`` to stop after the first plan.
+    ``then(written, read_vm)`` returns ``None`` (stop after the first plan, nothing leased), ``True`` (lease
+    the item, nothing more: a detach's revoke), or the next plan (lease it, then write it: an attach's
+    ``proceed``). ``read_vm()`` reads the bound VM's facts under a share lock, so a VM event recorded
+    meanwhile is either seen here or sees this binding.
+
+    The inline flows' first transaction: the intent, its work item and the caller's lease in one commit.
     """
 
     owner: str
     lease_seconds: float
-    then: Callable[[Eip, Vm | None], PlannedTransition | None]
+    then: Callable[[Eip, Callable[[], Vm | None]], PlannedTransition | bool | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,21 +555,26 @@ class Store:
         chain = plan.chain
         if chain is None or written.work_id is None or plan.new_work is None:
             return written
-        vm = None
-        if written.vm_uuid is not None:
+        def read_vm() -> Vm | None:
+            if written.vm_uuid is None:
+                return None
             select = self._select_vm if self.engine.dialect.name == "sqlite" else self._select_vm.with_for_update(
                 read=True)
             found = conn.execute(select, {"u": written.vm_uuid}).first()
-            if found is not None:
-                m = found._mapping
-                vm = Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
-        nxt = chain.then(written, vm)
-        if nxt is None:
+            if found is None:
+                return None
+            m = found._mapping
+            return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+
+        nxt = chain.then(written, read_vm)
+        if nxt is None or nxt is False:
             return written
         claimed = conn.execute(self._claim, {"w_id": written.work_id, "w_now": now, "s_owner": chain.owner,
                                              "s_lease_us": lease_us(chain.lease_seconds), "s_now": now})
         if claimed.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
             raise LeaseLost(written.work_id)
+        if nxt is True:
+            return written
         return self._commit_in(conn, nxt, now)
 
     @retry_transient
