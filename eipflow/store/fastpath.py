@@ -32,7 +32,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,8 +42,9 @@ from sqlalchemy.engine import Engine
 
 from ..errors import EipNotFound
 from ..values import Eip, Vm, WorkItem
+from .lowering import CasLost, Statement, check, execute, statement
 from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
-from .statements import eip_cas_delete, eip_cas_update, history_params, work_claim, work_item, work_params
+from .statements import work_claim, work_item
 
 __all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
 
@@ -80,9 +82,10 @@ def _none(_values: Mapping[str, Any]) -> tuple[()]:
 
 
 class _Sql:
-    """One Core statement compiled for a dialect: the SQL text and how to lay out its parameters."""
+    """One Core statement compiled for a dialect: the SQL text, how to lay out its parameters, and how
+    each parameter is stored (its column type's bind processor: the same conversion the Core path does)."""
 
-    __slots__ = ("_pick", "literals", "names", "positional", "text")
+    __slots__ = ("_pick", "_procs", "literals", "names", "positional", "text")
 
     def __init__(self, stmt: Any, dialect: Any) -> None:
         compiled = stmt.compile(dialect=dialect)
@@ -93,6 +96,9 @@ class _Sql:
         self.literals: dict[str, Any] = {
             name: bind.value for name, bind in compiled.binds.items() if not bind.required and bind.value is not None
         }
+        procs = ((name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+                 for name, bind in compiled.binds.items() if bind.required)
+        self._procs: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple((n, p) for n, p in procs if p is not None)
 
         names = self.names
         # The parameter tuple in the statement's order, built in C (a 1-name itemgetter returns a scalar).
@@ -101,8 +107,12 @@ class _Sql:
         )
 
     def params(self, values: Mapping[str, Any]) -> Any:
-        merged = {**self.literals, **values} if self.literals else values
-        return self._pick(merged) if self.positional else dict(merged)
+        merged = {**self.literals, **values} if self.literals else dict(values)
+        for name, proc in self._procs:
+            value = merged.get(name)
+            if value is not None:
+                merged[name] = proc(value)
+        return self._pick(merged) if self.positional else merged
 
 
 class _Pin:
@@ -198,13 +208,6 @@ class FastPath:
         # Lock the row for the few microseconds between read and write: the compare-and-swap then never
         # loses on PostgreSQL/MariaDB hot rows (SQLite's BEGIN IMMEDIATE already serializes writers).
         self._get_for_update = self._get if self.sqlite else _Sql(select.with_for_update(), dialect)
-        history_keys = ["eip_uuid", "event", "from_state", "to_state", "version", "actor", "op_id", "at", "details"]
-        self._history = _Sql(HISTORY.insert().values({k: sa.bindparam(k) for k in history_keys}), dialect)
-        work_keys = [c.name for c in WORK.columns if c.name != "id"]
-        work_insert = WORK.insert().values({k: sa.bindparam(k) for k in work_keys})
-        if self._postgres:
-            work_insert = work_insert.returning(WORK.c.id)
-        self._work = _Sql(work_insert, dialect)
         self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
             VM.c.uuid == sa.bindparam("u")), dialect)
         self._claim = _Sql(work_claim(), dialect)
@@ -212,9 +215,7 @@ class FastPath:
             VM.c.uuid == sa.bindparam("u"))
         self._vm_shared = _Sql(vm_select if self.sqlite else vm_select.with_for_update(read=True), dialect)
         self._select_work = _Sql(sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id")), dialect)
-        self._work_updates: dict[tuple[str, ...], _Sql] = {}
-        self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], _Sql] = {}
-        self._deletes: dict[tuple[str, ...], _Sql] = {}
+        self._statements: dict[tuple[Any, ...], _Sql] = {}  # the lowering's statements, compiled once
 
     # -- connections -----------------------------------------------------------------------------
     def _pin(self) -> _Pin:
@@ -254,14 +255,6 @@ class FastPath:
             pin.close()
 
     # -- values ----------------------------------------------------------------------------------
-    def _out(self, value: Any) -> Any:
-        """A Python value as the driver wants it (aware UTC datetimes become naive UTC)."""
-        if isinstance(value, datetime):
-            naive = value.astimezone(UTC).replace(tzinfo=None)
-            # SQLAlchemy's SQLite DATETIME text ("%Y-%m-%d %H:%M:%S.%f"), formatted 3x faster than strftime.
-            return naive.isoformat(" ", "microseconds") if self.sqlite else naive
-        return value
-
     def _eip(self, row: tuple[Any, ...]) -> Eip:
         values = dict(zip(_EIP_COLS, row, strict=True))
         for col in _DT_COLS:
@@ -283,32 +276,6 @@ class FastPath:
         for col in _WORK_DT_COLS:
             values[col] = self._aware(values[col])
         return work_item(values)
-
-    # -- statements ------------------------------------------------------------------------------
-    def _update(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> _Sql:
-        key = (set_cols, pred_cols)
-        sql = self._updates.get(key)
-        if sql is None:
-            sql = self._updates[key] = _Sql(eip_cas_update(set_cols, pred_cols), self.dialect)
-        return sql
-
-    def _work_update(self, set_cols: tuple[str, ...]) -> _Sql:
-        sql = self._work_updates.get(set_cols)
-        if sql is None:
-            stmt = (
-                WORK.update()
-                .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
-                       WORK.c.status == "running")
-                .values({c: sa.bindparam(f"s_{c}") for c in set_cols})
-            )
-            sql = self._work_updates[set_cols] = _Sql(stmt, self.dialect)
-        return sql
-
-    def _delete(self, pred_cols: tuple[str, ...]) -> _Sql:
-        sql = self._deletes.get(pred_cols)
-        if sql is None:
-            sql = self._deletes[pred_cols] = _Sql(eip_cas_delete(pred_cols), self.dialect)
-        return sql
 
     # -- operations ------------------------------------------------------------------------------
     def remember(self, eip: Eip) -> None:
@@ -344,12 +311,10 @@ class FastPath:
         """
         pin = self._pin()
         conn, cur = pin.conn, pin.cur
-        out = self._out
-        stamp = out(now)
         try:
             if self.sqlite:
                 cur.execute("BEGIN IMMEDIATE")
-            params = {"w_id": work_id, "w_now": stamp, "s_owner": owner, "s_lease_us": lease_us, "s_now": stamp}
+            params = {"w_id": work_id, "w_now": now, "s_owner": owner, "s_lease_us": lease_us, "s_now": now}
             cur.execute(self._claim.text, self._claim.params(params))
             if cur.rowcount != 1:
                 conn.rollback()
@@ -446,76 +411,43 @@ class FastPath:
         return written, plan
 
     def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime, *, guard_work: bool = False) -> Eip | None:
-        changes = dict(plan.changes)
-        out = self._out
-        now_db = out(now)  # formatted once: it is written up to five times
-        if plan.finish_work is not None:
-            fin = plan.finish_work
-            self._update_work(cur, fin.work_id, fin.owner, {"status": "done", "lease_owner": None,
-                                                            "lease_expires_at": None, "updated_at": now_db})
-        if plan.update_work is not None:
-            up = plan.update_work
-            self._update_work(cur, up.work_id, up.owner,
-                              {**{c: out(v) for c, v in up.values.items()}, "updated_at": now_db})
-        if plan.new_work is not None:
-            cur.execute(self._work.text, self._work.params(work_params(eip.uuid, plan.new_work, now, out)))
-            changes["work_id"] = cur.fetchone()[0] if self._postgres else cur.lastrowid
-        predicates = plan.predicates
+        """Run the plan's lowering (:mod:`eipflow.store.lowering`) on the pinned cursor; ``None``: the
+        compare-and-swap lost. ``guard_work``: the row was the cached snapshot, so its work item is checked too."""
         if guard_work:
-            predicates = {**predicates, "work_id": eip.work_id}
-        params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
-        for c, v in predicates.items():
-            params[_WHERE[c]] = out(v) if type(v) is datetime else v
-        changes["state"] = plan.target
-        changes["version"] = eip.version + 1
-        if plan.target == "deleted":
-            sql = self._delete(tuple(sorted(predicates)))
-        else:
-            for c, v in changes.items():
-                params[_SET[c]] = out(v) if type(v) is datetime else v
-            params["s_updated_at"] = now_db
-            sql = self._update(tuple(sorted(changes.keys() | {"updated_at"})), tuple(sorted(predicates)))
-        cur.execute(sql.text, sql.params(params))
-        if cur.rowcount != 1:
+            plan = replace(plan, predicates={**plan.predicates, "work_id": eip.work_id})
+        try:
+            return execute(plan, now, lambda stmts: self._run(cur, stmts), lambda uuid: self._read_vm(cur, uuid))
+        except CasLost:
             return None
-        cur.execute(self._history.text, self._history.params(history_params(plan, now_db)))
-        changes["updated_at"] = now
-        values = list(_EIP_VALUES(eip))
-        for c, v in changes.items():
-            values[_EIP_INDEX[c]] = v
-        written = Eip(*values)
-        chain = plan.chain
-        if chain is None or written.work_id is None or plan.new_work is None:
-            return written
-        return self._chain(cur, written, chain, now, now_db)
 
-    def _chain(self, cur: Any, written: Eip, chain: Any, now: datetime, now_db: Any) -> Eip | None:
-        """:class:`~eipflow.store.ChainLease`: the VM's facts (share-locked), the lease, the next plan."""
-        def read_vm() -> Vm | None:
-            if written.vm_uuid is None:
-                return None
-            cur.execute(self._vm_shared.text, self._vm_shared.params({"u": written.vm_uuid}))
-            found = cur.fetchone()
-            return Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4]) if found else None
+    def _sql(self, key: tuple[Any, ...]) -> _Sql:
+        sql = self._statements.get(key)
+        if sql is None:
+            stmt = statement(key)
+            if key == ("insert_work",) and self._postgres:
+                stmt = stmt.returning(WORK.c.id)  # psycopg has no lastrowid
+            sql = self._statements[key] = _Sql(stmt, self.dialect)
+        return sql
 
-        nxt = chain.then(written, read_vm)
-        if nxt is None or nxt is False:
-            return written
-        params = {"w_id": written.work_id, "w_now": now_db, "s_owner": chain.owner,
-                  "s_lease_us": round(chain.lease_seconds * 1_000_000), "s_now": now_db}
-        cur.execute(self._claim.text, self._claim.params(params))
-        if cur.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
-            raise LeaseLost(written.work_id)
-        if nxt is True:
-            return written
-        out = self._write(cur, written, nxt, now)
-        if out is None:  # pragma: no cover - this transaction holds the row
-            raise LeaseLost(written.work_id)
-        return out
+    def _run(self, cur: Any, stmts: Sequence[Statement]) -> dict[str, int]:
+        """The driver executor: each statement in order, :func:`~eipflow.store.lowering.check`-ed."""
+        ids: dict[str, int] = {}
+        for st in stmts:
+            sql = self._sql(st.key)
+            params = st.params
+            if not isinstance(params, Mapping):
+                raise TypeError("the driver path runs single plans; batches go through the Core path")
+            if st.needs_work_id:
+                params = {**params, "s_work_id": ids.get(params["w_uuid"])}
+            cur.execute(sql.text, sql.params(params))
+            if st.makes_work_id:
+                ids[params["eip_uuid"]] = cur.fetchone()[0] if self._postgres else cur.lastrowid
+            else:
+                check(st, cur.rowcount)
+        return ids
 
-    def _update_work(self, cur: Any, work_id: int, owner: str, values: Mapping[str, Any]) -> None:
-        sql = self._work_update(tuple(sorted(values)))
-        bound = {"w_id": work_id, "w_owner": owner, **{f"s_{c}": v for c, v in values.items()}}
-        cur.execute(sql.text, sql.params(bound))
-        if cur.rowcount != 1:
-            raise LeaseLost(work_id)
+    def _read_vm(self, cur: Any, uuid: str) -> Vm | None:
+        """The VM's facts under a share lock (a chained plan's decision)."""
+        cur.execute(self._vm_shared.text, self._vm_shared.params({"u": uuid}))
+        found = cur.fetchone()
+        return Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4]) if found else None

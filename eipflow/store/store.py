@@ -23,14 +23,12 @@ from ..errors import EipNotFound, GuestIpInUse, InvalidInput, VersionConflict, V
 from ..values import Eip, TransitionRecord, Vm, WorkItem
 from .database import retry_transient, translate_errors
 from .fastpath import DEFAULT_ROW_CACHE, FastPath, LeaseLost, Unsupported
+from .lowering import CasLost, Statement, check, execute, lower_many, statement, written
 from .schema import ClockRow, EipRow, OperationRow, TransitionRow, VmRow, WorkRow
 from .statements import (
     db_now,
     due_conditions,
     due_picks,
-    eip_cas_delete,
-    eip_cas_update,
-    history_params,
     lease_extend,
     work_claim,
     work_item,
@@ -118,8 +116,7 @@ class LeaseClock:
         return (raw or 0) / 1_000_000
 
 
-class _CasLost(Exception):
-    """Internal: the compare-and-swap matched no row; unwinds the transaction."""
+_CasLost = CasLost  # the compare-and-swap matched no row; unwinds the transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,12 +243,8 @@ class Store:
                                f"{engine.dialect.driver}")
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
-        self._update_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
-        self._delete_cache: dict[tuple[str, ...], Any] = {}
         self._select_eip = sa.select(EIP).where(EIP.c.uuid == sa.bindparam("u"))
         self._fast = FastPath(engine, row_cache=row_cache) if supported and fast_path is not False else None
-        self._insert_history = HISTORY.insert()
-        self._insert_work = WORK.insert()
         # Statements built once: building a Core statement and its cache key per call costs more
         # than executing it (~25 µs for a select, ~300 µs for the claim's UPDATE).
         self._select_vm = sa.select(VM).where(VM.c.uuid == sa.bindparam("u"))
@@ -264,13 +257,6 @@ class Store:
         self._due_expired, self._due_pending = due_picks(sa.bindparam("n"))
         self._due_picks_batch = due_picks(sa.bindparam("n"))
         self._claim_in = work_claim(many=True)
-        self._finish_work = (
-            WORK.update()
-            .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
-                   WORK.c.status == "running")
-            .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=sa.bindparam("s_now"))
-        )
-        self._work_update_cache: dict[tuple[str, ...], Any] = {}
         #: the shared clock leases are judged by (the database's); ``clock`` is this process's
         self.lease_clock = LeaseClock(self)
 
@@ -427,7 +413,7 @@ class Store:
             with translate_errors(self.engine), self.engine.begin() as conn:
                 conn.execute(EIP.insert(), values)
                 conn.execute(
-                    self._insert_history,
+                    statement(("insert_history",)),
                     dict(
                         eip_uuid=uuid,
                         event="create",
@@ -469,22 +455,12 @@ class Store:
         written = self.commit(plan)
         return (written, plan) if written is not None else None
 
-    def _update_stmt(self, set_cols: tuple[str, ...], pred_cols: tuple[str, ...]) -> Any:
-        key = (set_cols, pred_cols)
-        stmt = self._update_cache.get(key)
-        if stmt is None:
-            stmt = self._update_cache[key] = eip_cas_update(set_cols, pred_cols)
-        return stmt
-
-    def _delete_stmt(self, pred_cols: tuple[str, ...]) -> Any:
-        stmt = self._delete_cache.get(pred_cols)
-        if stmt is None:
-            stmt = self._delete_cache[pred_cols] = eip_cas_delete(pred_cols)
-        return stmt
-
     @retry_transient  # a deadlock/serialization failure rolled the whole transition back: run it again
     def commit(self, plan: PlannedTransition) -> Eip | None:
         """Execute one planned transition atomically (and its :class:`ChainLease`, if any).
+
+        The statements are the plan's lowering (:func:`eipflow.store.lowering.lower`), run by the Core
+        executor; the driver path runs the very same list.
 
         Returns:
             The row as written (``state == "deleted"`` for a deleted row), or ``None`` when the
@@ -497,8 +473,9 @@ class Store:
         now = self.clock.now()
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
-                written = self._commit_in(conn, plan, now)
-        except _CasLost:
+                written = execute(plan, now, lambda stmts: self._run(conn, stmts),
+                                  lambda uuid: self._read_vm_shared(conn, uuid))
+        except CasLost:
             return None
         except sa.exc.IntegrityError:
             guest_ip = plan.changes.get("guest_ip")
@@ -509,158 +486,64 @@ class Store:
             self._fast.remember(written)
         return written
 
-    def _commit_in(self, conn: Connection, plan: PlannedTransition, now: datetime) -> Eip:
-        eip = plan.eip
-        changes = dict(plan.changes)
-        new_version = eip.version + 1
-        if plan.finish_work is not None:
-            fin = plan.finish_work
-            done = conn.execute(
-                WORK.update()
-                .where(WORK.c.id == fin.work_id, WORK.c.lease_owner == fin.owner, WORK.c.status == "running")
-                .values(status="done", lease_owner=None, lease_expires_at=None, updated_at=now)
-            )
-            if done.rowcount != 1:
-                raise LeaseLost(fin.work_id)
-        if plan.update_work is not None:
-            up = plan.update_work
-            upd = conn.execute(
-                WORK.update()
-                .where(WORK.c.id == up.work_id, WORK.c.lease_owner == up.owner, WORK.c.status == "running")
-                .values(updated_at=now, **up.values)
-            )
-            if upd.rowcount != 1:
-                raise LeaseLost(up.work_id)
-        if plan.new_work is not None:
-            changes["work_id"] = self._insert_work_item(conn, eip.uuid, plan.new_work, now)
-        pred_cols = tuple(sorted(plan.predicates))
-        params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
-        params.update({f"w_{c}": v for c, v in plan.predicates.items()})
-        if plan.target == "deleted":
-            result = conn.execute(self._delete_stmt(pred_cols), params)
-        else:
-            changes["state"] = plan.target
-            changes["version"] = new_version
-            changes["updated_at"] = now
-            set_cols = tuple(sorted(changes))
-            params.update({f"s_{c}": v for c, v in changes.items()})
-            result = conn.execute(self._update_stmt(set_cols, pred_cols), params)
-        if result.rowcount != 1:
-            raise _CasLost
-        conn.execute(self._insert_history, history_params(plan, now))
-        merged = {c: getattr(eip, c) for c in _EIP_COLS}
-        merged.update(changes)
-        merged.update(state=plan.target, version=new_version, updated_at=now)
-        written = Eip(**merged)
-        chain = plan.chain
-        if chain is None or written.work_id is None or plan.new_work is None:
-            return written
-        def read_vm() -> Vm | None:
-            if written.vm_uuid is None:
-                return None
-            select = self._select_vm if self.engine.dialect.name == "sqlite" else self._select_vm.with_for_update(
-                read=True)
-            found = conn.execute(select, {"u": written.vm_uuid}).first()
-            if found is None:
-                return None
-            m = found._mapping
-            return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
-
-        nxt = chain.then(written, read_vm)
-        if nxt is None or nxt is False:
-            return written
-        claimed = conn.execute(self._claim, {"w_id": written.work_id, "w_now": now, "s_owner": chain.owner,
-                                             "s_lease_us": lease_us(chain.lease_seconds), "s_now": now})
-        if claimed.rowcount != 1:  # pragma: no cover - inserted by this very transaction, due now
-            raise LeaseLost(written.work_id)
-        if nxt is True:
-            return written
-        return self._commit_in(conn, nxt, now)
-
     @retry_transient
     def commit_many(self, plans: Sequence[PlannedTransition]) -> list[Eip] | None:
         """Execute many transitions (distinct EIPs) in one transaction with batched statements.
 
-        For the fan-outs (a VM stop, a host evacuation, a worker's batch of completions): one multi-row
-        INSERT of work items, one executemany UPDATE of work items per kind (finished, updated in place),
-        one executemany UPDATE (or DELETE) of EIP rows per column set, one multi-row history INSERT —
-        whatever the number of plans. Each plan is fenced exactly as :meth:`commit` fences it (version,
-        predicates, the leased item's id and owner). All or nothing: if any fence does not hold, everything
+        For the fan-outs (a VM stop, a host evacuation, a worker's batch of completions): the batch's
+        lowering (:func:`eipflow.store.lowering.lower_many`) — one executemany per statement kind and
+        shape (a multi-row INSERT … RETURNING for the work items), whatever the number of plans. Each plan
+        is fenced exactly as :meth:`commit` fences it. All or nothing: if any fence does not hold, everything
         is rolled back and ``None`` is returned; the caller then goes one plan at a time, each deciding
-        again on a fresh row.
+        again on a fresh row. Chained plans are not batched.
         """
         if not plans:
             return []
-        if len({p.eip.uuid for p in plans}) != len(plans):
-            raise ValueError("commit_many takes one plan per EIP")
-        dialect = self.engine.dialect
-        if not dialect.supports_sane_multi_rowcount:
+        if any(p.chain is not None for p in plans):
+            raise ValueError("commit_many does not run chained plans")
+        if not self.engine.dialect.supports_sane_multi_rowcount:
             return None  # cannot tell which compare-and-swap lost: let the caller go one by one
         now = self.clock.now()
-        changes = [dict(p.changes) for p in plans]
+        stmts = lower_many(plans, now)
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
-                finished = [{"w_id": p.finish_work.work_id, "w_owner": p.finish_work.owner, "s_now": now}
-                            for p in plans if p.finish_work is not None]
-                if finished and conn.execute(self._finish_work, finished).rowcount != len(finished):
-                    raise _CasLost  # a lease was lost: the single path says which
-                updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-                for p in plans:
-                    if p.update_work is not None:
-                        up = p.update_work
-                        bound = {"w_id": up.work_id, "w_owner": up.owner, "s_updated_at": now}
-                        bound.update({f"s_{c}": v for c, v in up.values.items()})
-                        updates.setdefault(tuple(sorted(up.values)), []).append(bound)
-                for cols, batch in updates.items():
-                    if conn.execute(self._work_update_stmt(cols), batch).rowcount != len(batch):
-                        raise _CasLost
-                with_work = {p.eip.uuid: i for i, p in enumerate(plans) if p.new_work is not None}
-                rows = [work_params(plans[i].eip.uuid, plans[i].new_work, now) for i in with_work.values()]  # type: ignore[arg-type]
+                ids = self._run(conn, stmts)
+        except (CasLost, LeaseLost, sa.exc.IntegrityError):
+            return None  # a lost fence or a colliding binding: the single path re-decides and says which
+        out = [written(p, now, ids.get(p.eip.uuid)) for p in plans]
+        if self._fast is not None:
+            for eip in out:
+                self._fast.remember(eip)
+        return out
+
+    def _run(self, conn: Connection, stmts: Sequence[Statement]) -> dict[str, int]:
+        """The Core executor of a lowering: each statement in order, :func:`~eipflow.store.lowering.check`-ed."""
+        ids: dict[str, int] = {}
+        for st in stmts:
+            params: Any = st.params
+            if st.needs_work_id:
+                params = ([{**p, "s_work_id": ids.get(p["w_uuid"])} for p in params] if isinstance(params, list)
+                          else {**params, "s_work_id": ids.get(params["w_uuid"])})
+            if st.makes_work_id:
+                rows = params if isinstance(params, list) else [params]
                 for chunk in _chunks(rows, IN_CHUNK // 2):
                     # One multi-row INSERT … RETURNING per chunk, matched back by EIP (one item per EIP here):
                     # no reliance on the order RETURNING answers in.
-                    stmt = WORK.insert().values(chunk).returning(WORK.c.id, WORK.c.eip_uuid)
-                    for work_id, eip_uuid in conn.execute(stmt):
-                        changes[with_work[eip_uuid]]["work_id"] = work_id
-                groups: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
-                for plan, change in zip(plans, changes, strict=True):
-                    params = {"w_uuid": plan.eip.uuid, "w_version": plan.eip.version}
-                    params.update({f"w_{c}": v for c, v in plan.predicates.items()})
-                    pred_cols = tuple(sorted(plan.predicates))
-                    if plan.target == "deleted":
-                        groups.setdefault((True, (), pred_cols), []).append(params)
-                        continue
-                    change.update(state=plan.target, version=plan.eip.version + 1, updated_at=now)
-                    params.update({f"s_{c}": v for c, v in change.items()})
-                    groups.setdefault((False, tuple(sorted(change)), pred_cols), []).append(params)
-                for (delete, set_cols, pred_cols), batch in groups.items():
-                    stmt = self._delete_stmt(pred_cols) if delete else self._update_stmt(set_cols, pred_cols)
-                    if conn.execute(stmt, batch).rowcount != len(batch):
-                        raise _CasLost
-                conn.execute(self._insert_history, [history_params(p, now) for p in plans])
-        except (_CasLost, sa.exc.IntegrityError):
-            return None  # a lost fence or a colliding binding: the single path re-decides and says which
-        out = []
-        for plan, change in zip(plans, changes, strict=True):
-            merged = {c: getattr(plan.eip, c) for c in _EIP_COLS}
-            merged.update(change)
-            if plan.target == "deleted":
-                merged.update(state="deleted", version=plan.eip.version + 1, updated_at=now)
-            out.append(Eip(**merged))
-            if self._fast is not None:
-                self._fast.remember(out[-1])
-        return out
+                    for work_id, eip_uuid in conn.execute(
+                        WORK.insert().values(chunk).returning(WORK.c.id, WORK.c.eip_uuid)
+                    ):
+                        ids[eip_uuid] = work_id
+                continue
+            check(st, conn.execute(statement(st.key), params).rowcount)
+        return ids
 
-    def _work_update_stmt(self, cols: tuple[str, ...]) -> Any:
-        stmt = self._work_update_cache.get(cols)
-        if stmt is None:
-            stmt = self._work_update_cache[cols] = (
-                WORK.update()
-                .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
-                       WORK.c.status == "running")
-                .values({c: sa.bindparam(f"s_{c}") for c in (*cols, "updated_at")})
-            )
-        return stmt
+    def _read_vm_shared(self, conn: Connection, uuid: str) -> Vm | None:
+        select = self._select_vm if self.engine.dialect.name == "sqlite" else self._select_vm.with_for_update(read=True)
+        found = conn.execute(select, {"u": uuid}).first()
+        if found is None:
+            return None
+        m = found._mapping
+        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
 
     # -- batches ---------------------------------------------------------------------------------
     def get_many(self, uuids: Iterable[str]) -> dict[str, Eip]:
@@ -756,7 +639,7 @@ class Store:
         return out
 
     def _insert_work_item(self, conn: Connection, eip_uuid: str, work: NewWork, now: datetime) -> int:
-        key = conn.execute(self._insert_work, work_params(eip_uuid, work, now)).inserted_primary_key
+        key = conn.execute(statement(("insert_work",)), work_params(eip_uuid, work, now)).inserted_primary_key
         assert key is not None
         return int(key[0])
 
