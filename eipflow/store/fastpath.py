@@ -57,10 +57,6 @@ WORK = WorkRow.__table__  # type: ignore[attr-defined]
 VM = VmRow.__table__  # type: ignore[attr-defined]
 _EIP_COLS = tuple(c.name for c in EIP.columns)
 _DT_COLS = frozenset(c.name for c in EIP.columns if isinstance(c.type, UTCDateTime))
-_EIP_VALUES = operator.attrgetter(*_EIP_COLS)  # an Eip's values in column order, read in C
-_EIP_INDEX = {c: i for i, c in enumerate(_EIP_COLS)}
-_SET = {c: f"s_{c}" for c in _EIP_COLS}  # parameter names, built once
-_WHERE = {c: f"w_{c}" for c in _EIP_COLS}
 _WORK_COLS = tuple(c.name for c in WORK.columns)
 _WORK_DT_COLS = frozenset(c.name for c in WORK.columns if isinstance(c.type, UTCDateTime))
 

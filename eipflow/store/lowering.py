@@ -23,6 +23,7 @@ lock). Nothing here opens a transaction or touches a connection.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,8 @@ WORK = WorkRow.__table__  # type: ignore[attr-defined]
 EIP_COLS = tuple(c.name for c in EIP.columns)
 HISTORY_COLS = tuple(c.name for c in HISTORY.columns if c.name != "id")
 WORK_COLS = tuple(c.name for c in WORK.columns if c.name != "id")
+_EIP_VALUES = operator.attrgetter(*EIP_COLS)
+_EIP_INDEX = {c: i for i, c in enumerate(EIP_COLS)}
 _FINISHED = {"status": "done", "lease_owner": None, "lease_expires_at": None}
 
 
@@ -188,12 +191,16 @@ def claim(work_id: int, owner: str, lease_us: int, now: datetime) -> Statement:
 
 def written(plan: Any, now: datetime, work_id: int | None) -> Eip:
     """The row as :func:`lower`'s statements leave it (``state == "deleted"`` for a deleted row)."""
-    values = {c: getattr(plan.eip, c) for c in EIP_COLS}
-    values.update(plan.changes)
+    values = list(_EIP_VALUES(plan.eip))  # positional: Eip's fields follow the table's columns (checked in store)
+    index = _EIP_INDEX
+    for c, v in plan.changes.items():
+        values[index[c]] = v
     if plan.new_work is not None:
-        values["work_id"] = work_id
-    values.update(state=plan.target, version=plan.eip.version + 1, updated_at=now)
-    return Eip(**values)
+        values[index["work_id"]] = work_id
+    values[index["state"]] = plan.target
+    values[index["version"]] = plan.eip.version + 1
+    values[index["updated_at"]] = now
+    return Eip(*values)
 
 
 Run = Callable[[Sequence[Statement]], Mapping[str, int]]
