@@ -22,7 +22,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ._logging import get_logger
@@ -83,6 +83,26 @@ class RetryPolicy:
         return max(0.0, raw + (rng or random).uniform(-spread, spread))
 
 
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    """What a failed attempt does to its work item: due again at ``due_at`` (``pending``), or ``parked``."""
+
+    status: str  # "pending" | "parked"
+    error: str
+    due_at: datetime | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """The item's columns this writes (its lease given up)."""
+        values: dict[str, Any] = {"status": self.status, "lease_owner": None, "lease_expires_at": None,
+                                  "last_error": self.error}
+        if self.due_at is not None:
+            values["due_at"] = self.due_at
+        return values
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"status": self.status, "due_at": self.due_at.isoformat() if self.due_at else None}
+
+
 def default_owner() -> str:
     import os
     import socket
@@ -136,7 +156,7 @@ class Runner:
         actor: str | None = None,
         op_id: str | None = None,
         details: Mapping[str, Any] | None = None,
-        retry_update: Mapping[str, Any] | None = None,
+        retry_update: Reschedule | None = None,
     ) -> PlannedTransition:
         changes = dict(changes)
         target = resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid)
@@ -152,7 +172,7 @@ class Runner:
         generation = eip.version + 1
         if target == eip.state:
             if item is not None and retry_update is not None:
-                update = WorkUpdate(item.id, self.owner, retry_update)
+                update = WorkUpdate(item.id, self.owner, retry_update.columns())
         else:
             # What entering ``target`` does is declared once, in machine.EFFECTS; this only applies it.
             effects = EFFECTS[target]
@@ -534,7 +554,7 @@ class Runner:
 
     def _completion_plan(
         self, item: WorkItem, event: str, spec: EipSpec | None, error: BackendError | None, eip: Eip, vm: Vm | None
-    ) -> tuple[PlannedTransition, dict[str, Any] | None]:
+    ) -> tuple[PlannedTransition, Reschedule | None]:
         """The fenced completion of ``item`` for ``event`` on the row as read, and its reschedule (if any).
 
         Raises ``_Fenced`` (the row's work item is not ours) or ``_NotOurBinding`` (a rollback found
@@ -549,7 +569,7 @@ class Runner:
             and (eip.vm_nic_uuid, eip.guest_ip) != (item.spec.vm_nic_uuid, item.spec.guest_ip)
         ):
             raise _NotOurBinding
-        retry_update: dict[str, Any] | None = None
+        retry_update: Reschedule | None = None
         changes: dict[str, Any] = _placement(eip, vm)
         details: dict[str, Any] = {"work_id": item.id, "attempt": item.attempts}
         if spec is not None:
@@ -559,8 +579,8 @@ class Runner:
             details["error"] = str(error)
             if self._would_stay(eip, event, changes):
                 retry_update = self._reschedule(item, error)
-                details["retry"] = retry_update["status"]
-                if retry_update["status"] == "parked":
+                details["retry"] = retry_update.status
+                if retry_update.status == "parked":
                     changes["last_error"] = f"parked after {item.attempts} attempts: {changes['last_error']}"
         plan = self._plan(eip, event, changes, item=item, details=details, retry_update=retry_update)
         return plan, retry_update
@@ -572,7 +592,7 @@ class Runner:
         started = time.perf_counter()
         if spec is not None and item.spec is None:
             item = _with_spec(item, spec)
-        retry_update: dict[str, Any] | None = None
+        retry_update: Reschedule | None = None
         seen = 0
 
         def decide(eip: Eip, vm: Vm | None) -> PlannedTransition:
@@ -598,7 +618,7 @@ class Runner:
             result, plan = done
             self._log_transition(plan, result, started)
             if retry_update is not None:
-                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
+                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **retry_update.log_fields())
             return result
         raise VersionConflict(item.eip_uuid, seen, MAX_CAS_ATTEMPTS)
 
@@ -655,25 +675,18 @@ class Runner:
             assert plan is not None
             self._log_transition(plan, result, started, batch=len(planned))
             if retry_update is not None:
-                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **_jsonable(retry_update))
+                log.info("work.rescheduled", work_id=item.id, eip_uuid=item.eip_uuid, **retry_update.log_fields())
             out[item.id] = result
         return out
 
     def _would_stay(self, eip: Eip, event: str, changes: Mapping[str, Any]) -> bool:
         return resolve(eip.state, event, _facts(eip, changes), eip_uuid=eip.uuid) == eip.state
 
-    def _reschedule(self, item: WorkItem, error: BackendError) -> dict[str, Any]:
-        now = self.store.clock.now()
+    def _reschedule(self, item: WorkItem, error: BackendError) -> Reschedule:
         if not error.retryable or item.attempts >= self.retry.max_attempts:
-            return {"status": "parked", "lease_owner": None, "lease_expires_at": None, "last_error": str(error)}
-        due = now + timedelta(seconds=self.retry.delay(item.attempts, self.rng))
-        return {
-            "status": "pending",
-            "due_at": due,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": str(error),
-        }
+            return Reschedule("parked", str(error))
+        due = self.store.clock.now() + timedelta(seconds=self.retry.delay(item.attempts, self.rng))
+        return Reschedule("pending", str(error), due)
 
     def _orphaned_apply(self, item: WorkItem, spec: EipSpec) -> None:
         """We applied, then lost the EIP to someone else: revoke ours unless the row wants it realized."""
@@ -698,7 +711,7 @@ class Runner:
             self.store.set_work_status(item.id, self.owner, "done", error=f"superseded: {error}")
             return
         update = self._reschedule(item, error)
-        self.store.set_work_status(item.id, self.owner, update["status"], error=str(error), due_at=update.get("due_at"))
+        self.store.set_work_status(item.id, self.owner, update.status, error=update.error, due_at=update.due_at)
 
 
 class _Fenced(Exception):
@@ -725,7 +738,3 @@ def _with_spec(item: WorkItem, spec: EipSpec) -> WorkItem:
     from dataclasses import replace
 
     return replace(item, spec=spec)
-
-
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in values.items() if k != "last_error"}
