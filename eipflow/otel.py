@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import Status, StatusCode, Tracer, TracerProvider
 
 from . import _logging
 from .api import Eipflow
@@ -118,31 +119,32 @@ class Tracing:
 
 
 class TracedWorker(Worker):
-    """A :class:`~eipflow.Worker` that runs each claimed item inside an ``eipflow.work`` span (idle polls make none)."""
+    """A :class:`~eipflow.Worker` that runs each claimed item inside an ``eipflow.work`` span, or each batch of
+    several inside an ``eipflow.work_batch`` span linked to its items' traces (idle polls make none)."""
 
     def __init__(self, flow: Eipflow, tracing: Tracing, **kwargs: Any) -> None:
         super().__init__(flow, **kwargs)
         self.tracing = tracing
-        self._open: tuple[Span, object] | None = None
 
-    def claim_next(self) -> WorkItem | None:
-        item = super().claim_next()
-        if item is not None:
-            # The caller that created the item may have been another process: continue its trace.
-            parent = propagate.extract(json.loads(item.trace_context)) if item.trace_context else None
-            span = self.tracing.tracer.start_span("eipflow.work", context=parent, attributes={
+    @contextmanager
+    def running(self, items: list[WorkItem]) -> Iterator[None]:
+        """One ``eipflow.work`` span per item run alone (continuing the trace of the caller that created it);
+        one ``eipflow.work_batch`` span per batch, linked to each item's trace."""
+        contexts = [propagate.extract(json.loads(i.trace_context)) if i.trace_context else None for i in items]
+        if len(items) == 1:
+            (item,) = items
+            span = self.tracing.tracer.start_span("eipflow.work", context=contexts[0], attributes={
                 "eipflow.work.id": item.id, "eipflow.eip.uuid": item.eip_uuid, "eipflow.action": item.action,
                 "eipflow.work.attempt": item.attempts, "eipflow.work.cleanup": item.cleanup,
             })
-            self._open = (span, context.attach(trace.set_span_in_context(span)))
-        return item
-
-    def run_one(self) -> WorkItem | None:
+        else:
+            links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in contexts if c is not None]
+            span = self.tracing.tracer.start_span("eipflow.work_batch", links=links, attributes={
+                "eipflow.work.count": len(items), "eipflow.work.ids": [i.id for i in items],
+            })
+        token = context.attach(trace.set_span_in_context(span))
         try:
-            return super().run_one()
+            yield
         finally:
-            if self._open is not None:
-                span, token = self._open
-                self._open = None
-                context.detach(token)  # type: ignore[arg-type]
-                span.end()
+            context.detach(token)
+            span.end()

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -130,11 +131,17 @@ class Worker:
             return []
         self._current = items
         try:
-            self.runner.run_batch(items)  # renews the leases while the backend calls run
+            with self.running(items):
+                self.runner.run_batch(items)  # renews the leases while the backend calls run
         finally:
             self._current = []
         self.ran += len(items)
         return items
+
+    @contextmanager
+    def running(self, items: list[WorkItem]) -> Iterator[None]:
+        """Hook around each claimed batch while it runs (tracing, metrics); does nothing here."""
+        yield
 
     def run_once(self) -> int:
         """Run everything due *now*, including work that running items make due (``worker --once``).

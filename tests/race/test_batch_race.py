@@ -9,7 +9,7 @@ import pytest
 
 from eipflow import Eipflow, InMemoryDataplane, Worker
 from eipflow.invariants import check
-from tests.test_batch_flows import _seed
+from tests.db.test_batch_flows import _seed
 
 pytestmark = pytest.mark.slow
 

@@ -95,6 +95,29 @@ def test_each_claimed_work_item_is_a_span(sqlite_url: str, exported: tuple[Traci
     assert names == ["eipflow.backend.apply", "eipflow.transition", "eipflow.transition"]
 
 
+def test_a_batch_of_items_is_one_span_linked_to_their_traces(
+    sqlite_url: str, exported: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    """A worker's batch: one eipflow.work_batch span, linked to the trace of each call that created an item,
+    around the batch's transitions and its one backend call."""
+    tracing, exporter = exported
+    with Eipflow.open(sqlite_url, InMemoryDataplane()) as flow:
+        traced = tracing.wrap(flow)
+        for n in range(3):
+            eip = flow.create_eip(f"203.0.113.{n + 10}")
+            traced.attach(eip.uuid, nic=f"nic-{n}", guest_ip=f"10.0.0.{n + 5}", vm=f"vm-{n}", host="h1", wait=False)
+        callers = {s.context.trace_id for s in exporter.get_finished_spans() if s.name == "eipflow.attach"}
+        exporter.clear()
+        assert TracedWorker(flow, tracing, heartbeat_interval=None).run_once() == 3
+    spans = exporter.get_finished_spans()
+    [batch] = [s for s in spans if s.name == "eipflow.work_batch"]
+    assert batch.attributes is not None and batch.attributes["eipflow.work.count"] == 3
+    assert {link.context.trace_id for link in batch.links} == callers and len(callers) == 3
+    names = [s.name for s in _children(spans, batch)]
+    assert names.count("eipflow.backend.apply") == 3 and names.count("eipflow.transition") == 6
+    assert not [s for s in spans if s.name == "eipflow.work"]
+
+
 _WORKER_SCRIPT = """
 import json, sys
 from opentelemetry.sdk.trace import TracerProvider
