@@ -427,18 +427,29 @@ class Eipflow:
                 raise NotApplicable(row.uuid)  # rebound to another VM since we listed it
             return {"host_uuid": placed}
 
-        fired = self.runner.fire_many(
-            self.store.eips(vm_uuid=vm), event, placement, op_id=op_id, details={"vm": vm, "host": host}
-        )
-        return self._fan_out(fired, wait)
+        return self._fan_out(self.store.eips(vm_uuid=vm), event, placement, op_id, {"vm": vm, "host": host}, wait)
 
-    def _fan_out(self, fired: list[Eip], wait: bool) -> list[Eip]:
-        """Run the work a batch of intents made, batched (one backend call per host, one completing
-        transaction per round), unless ``wait`` is false; the rows as they end, in ``fired``'s order."""
+    def _fan_out(self, rows: list[Eip], event: str, changes: Callable[[Eip], dict[str, Any]], op_id: str | None,
+                 details: dict[str, Any], wait: bool) -> list[Eip]:
+        """Send ``event`` to ``rows`` as one batch and, with ``wait``, run the work it made, batched.
+
+        The inline shape: one transaction records every intent and leases the work they create to us,
+        one backend call per host, one transaction completes them; rows left with work (a migration's
+        apply after its revoke, an intent handed to another caller's in-flight call) are driven on in
+        batches. Returns the rows as they end (``wait=False``: as written), in ``rows``' order.
+        """
         if not wait:
-            return fired  # the rows as written: no read-back per EIP
-        rows = self.runner.drive_many([e.uuid for e in fired])
-        return [rows[e.uuid] for e in fired if e.uuid in rows]
+            return self.runner.fire_many(rows, event, changes, op_id=op_id, details=details)
+        fired, items = self.runner.fire_many_leased(rows, event, changes, op_id=op_id, details=details)
+        final: dict[str, Eip | None] = {e.uuid: e for e in fired}
+        done = self.runner.run_batch(items, final) if items else {}  # type: ignore[arg-type]
+        for item in items:
+            final[item.eip_uuid] = done.get(item.id)
+        rest = [u for u, row in final.items() if row is None or row.work_id is not None]
+        if rest:
+            final.update(dict.fromkeys(rest))
+            final.update(self.runner.drive_many(rest))
+        return [row for e in fired if (row := final.get(e.uuid)) is not None and row.state != "deleted"]
 
     def host_down(self, host: str, *, op_id: str | None = None, wait: bool = True) -> list[Eip]:
         """The host is down or being evacuated: every VM recorded running on it stopped there.
@@ -464,9 +475,8 @@ class Eipflow:
                 raise NotApplicable(row.uuid)  # rebound to another VM since we listed it
             return {"host_uuid": None}
 
-        fired = self.runner.fire_many(self.store.eips(vm_uuids=sorted(stopped)), "vm_stopped", placement,
-                                      op_id=op_id, details={"host": host, "reason": "host_down"})
-        return self._fan_out(fired, wait)
+        return self._fan_out(self.store.eips(vm_uuids=sorted(stopped)), "vm_stopped", placement, op_id,
+                             {"host": host, "reason": "host_down"}, wait)
 
     # -- work, dataplane -----------------------------------------------------------------------
     def run_due(self, *, limit: int | None = None, batch_size: int = 100) -> int:

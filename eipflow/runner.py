@@ -259,7 +259,7 @@ class Runner:
         self,
         uuid: str,
         event: str,
-        changes: Mapping[str, Any],
+        changes: Mapping[str, Any] | Callable[[Eip], Mapping[str, Any]],
         *,
         actor: str | None = None,
         op_id: str | None = None,
@@ -307,7 +307,8 @@ class Runner:
         def decide(eip: Eip, _vm: Vm | None) -> PlannedTransition:
             nonlocal seen
             seen = eip.version
-            plan = self._plan(eip, event, changes, actor=actor, op_id=op_id, details=details)
+            payload = changes(eip) if callable(changes) else changes
+            plan = self._plan(eip, event, payload, actor=actor, op_id=op_id, details=details)
             chained_plan["plan"] = plan
             return replace(plan, chain=ChainLease(self.owner, self.lease_seconds, then))
 
@@ -351,6 +352,26 @@ class Runner:
         Rows the event does not apply to (illegal in their state) are skipped. If any row moved since it
         was read, the batch is rolled back and each row goes through :meth:`fire` (reload, decide again).
         """
+        return self.fire_many_leased(rows, event, changes, actor=actor, op_id=op_id, details=details,
+                                     lease=False)[0]
+
+    def fire_many_leased(
+        self,
+        rows: list[Eip],
+        event: str,
+        changes: Callable[[Eip], Mapping[str, Any]],
+        *,
+        actor: str | None = None,
+        op_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        lease: bool = True,
+    ) -> tuple[list[Eip], list[WorkItem]]:
+        """:meth:`fire_many`, leasing to this runner, in the same transaction, every work item the intents create.
+
+        The fan-outs' first transaction (a VM stop: every release recorded and every revoke leased, one
+        commit); :meth:`run_batch` then runs the leased items. Returns the rows as written and the leased
+        items (none for rows that went the one-by-one way after a lost compare-and-swap: drive those).
+        """
         started = time.perf_counter()
         plans = []
         for eip in rows:
@@ -358,7 +379,15 @@ class Runner:
                 plans.append(self._plan(eip, event, changes(eip), actor=actor, op_id=op_id, details=details))
             except (IllegalTransition, NotApplicable):
                 continue
-        written = self.store.commit_many(plans) if len(plans) > 1 else None
+        if lease and len(plans) == 1:  # one EIP: the single inline shape (intent and lease in one commit)
+            try:
+                _intent, committed, item = self.start(plans[0].eip.uuid, event, changes, actor=actor, op_id=op_id,
+                                                      details=details)
+            except (IllegalTransition, EipNotFound, NotApplicable):
+                return [], []
+            return [committed], [item] if item is not None else []
+        lease_to = (self.owner, self.lease_seconds) if lease else None
+        written = self.store.commit_many(plans, lease_to=lease_to) if len(plans) > 1 else None
         if written is None:
             out = []
             for plan in plans:
@@ -366,10 +395,20 @@ class Runner:
                     out.append(self.fire(plan.eip.uuid, event, changes, actor=actor, op_id=op_id, details=details))
                 except (IllegalTransition, EipNotFound, NotApplicable):
                     continue  # moved on meanwhile (detached, deleted, rebound): nothing of this intent applies
-            return out
+            return out, []
+        items = []
+        now = self.store.clock.now()
         for plan, result in zip(plans, written, strict=True):
             self._log_transition(plan, result, started, batch=len(plans))
-        return written
+            work = plan.new_work
+            if lease and work is not None and result.work_id is not None:
+                spec = None
+                if work.host_uuid is not None and work.generation is not None:
+                    spec = EipSpec(result.uuid, work.vip, work.vm_nic_uuid, work.guest_ip, work.host_uuid,
+                                   work.generation)
+                items.append(WorkItem(result.work_id, result.uuid, work.action, spec, "running", 1, now, self.owner,
+                                      None, None, work.cleanup, now, now))
+        return written, items
 
     # -- work ----------------------------------------------------------------------------------
     def drive(self, uuid: str, *, max_steps: int = 64) -> Eip | None:
@@ -427,33 +466,37 @@ class Runner:
             pending = [item.eip_uuid for item in items]  # only these can have new work for us now
         return self.store.get_many(uuids)
 
-    def run_batch(self, items: Sequence[WorkItem]) -> list[WorkItem]:
+    def run_batch(self, items: Sequence[WorkItem], rows: Mapping[str, Eip] | None = None) -> dict[int, Eip | None]:
         """Execute items this runner's owner leased (a worker's batch claim, a VM's fan-out), batched.
 
         Exactly what :meth:`run_claimed` does for each item, with the statements and backend calls shared:
-        the rows are read in one go, binding items proceed in one transaction, each host's changes go in
-        one backend call, and the completions are written in one transaction, each fenced by its row's
-        version and its item's lease. An item whose fence fails there completes on the single path.
+        the rows are read in one go (``rows``: as the caller just committed them, no read), binding items
+        proceed in one transaction, each host's changes go in one backend call, and the completions are
+        written in one transaction, each fenced by its row's version and its item's lease. An item whose
+        fence fails there completes on the single path. Returns the rows the completions wrote, by work id.
         """
         items = list(items)
+        if not items:
+            return {}
         if len({i.eip_uuid for i in items}) != len(items):
             # Two items of one EIP (a cleanup beside its state's item): run them one by one, in order.
-            for item in items:
-                self.run_claimed(item)
-            return items
+            return {item.id: self.run_leased(item) for item in items}
         with ExitStack() as held:
             for item in items:
                 held.enter_context(self.heartbeat.holding(item))
             log.debug("work.claimed_batch", size=len(items))
             crash_point("after_claim")
-            self._execute_batch(items)
-        return items
+            try:
+                return self._execute_batch(items, dict(rows) if rows is not None else None)
+            except LeaseLost:  # pragma: no cover - every completion path falls back or reports None itself
+                log.warning("work.fenced_batch", size=len(items))
+                return {}
 
     def _execute_batch(self, items: list[WorkItem], rows: dict[str, Eip] | None = None) -> dict[int, Eip | None]:
         """Run leased items: the one home of what executing a work item means, for one item or many.
 
         Returns the rows the completions wrote, by work id."""
-        if rows is not None:
+        if rows is not None and all(i.eip_uuid in rows for i in items):
             pass
         elif len(items) == 1:
             one = self.store.get(items[0].eip_uuid)  # the hot path's read (the fast path, the row cache)

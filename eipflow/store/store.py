@@ -487,7 +487,9 @@ class Store:
         return written
 
     @retry_transient
-    def commit_many(self, plans: Sequence[PlannedTransition]) -> list[Eip] | None:
+    def commit_many(
+        self, plans: Sequence[PlannedTransition], *, lease_to: tuple[str, float] | None = None
+    ) -> list[Eip] | None:
         """Execute many transitions (distinct EIPs) in one transaction with batched statements.
 
         For the fan-outs (a VM stop, a host evacuation, a worker's batch of completions): the batch's
@@ -495,7 +497,8 @@ class Store:
         shape (a multi-row INSERT … RETURNING for the work items), whatever the number of plans. Each plan
         is fenced exactly as :meth:`commit` fences it. All or nothing: if any fence does not hold, everything
         is rolled back and ``None`` is returned; the caller then goes one plan at a time, each deciding
-        again on a fresh row. Chained plans are not batched.
+        again on a fresh row. Chained plans are not batched. ``lease_to=(owner, seconds)`` also leases every
+        work item the plans insert to ``owner``, in the same transaction (the fan-outs' inline shape).
         """
         if not plans:
             return []
@@ -508,6 +511,13 @@ class Store:
         try:
             with translate_errors(self.engine), self.engine.begin() as conn:
                 ids = self._run(conn, stmts)
+                if lease_to is not None and ids:
+                    owner, seconds = lease_to
+                    for chunk in _chunks(list(ids.values())):
+                        claimed = conn.execute(self._claim_in, {"ids": chunk, "w_now": now, "s_owner": owner,
+                                                                "s_lease_us": lease_us(seconds), "s_now": now})
+                        if claimed.rowcount != len(chunk):  # pragma: no cover - inserted by this transaction
+                            raise CasLost
         except (CasLost, LeaseLost, sa.exc.IntegrityError):
             return None  # a lost fence or a colliding binding: the single path re-decides and says which
         out = [written(p, now, ids.get(p.eip.uuid)) for p in plans]
