@@ -78,10 +78,35 @@ class Heartbeat:
                 if not held:
                     self._thread = None  # idle for a whole interval: the next holding() starts a new one
                     return
-            for item in held:
-                self._renew(item)
+            if len(held) == 1:
+                self._renew(held[0])
+            else:
+                self._renew_many(held)
         with self._lock:
             self._thread = None
+
+    def _renew_many(self, held: list[WorkItem]) -> None:
+        """A batch's leases in one statement per 500 (a worker's batch, a VM's fan-out)."""
+        try:
+            kept = self.store.extend_leases([i.id for i in held], self.owner, self.lease_seconds)
+        except Exception as exc:  # noqa: BLE001 - a failed renewal must not kill the calls in flight
+            log.warning("work.heartbeat_failed", size=len(held), error=str(exc))
+            return
+        for item in held:
+            if item.id not in kept:
+                self._lost(item)
+        if kept:
+            self.renewals += len(kept)
+            log.debug("work.heartbeat", size=len(kept))
+            self.beat.set()
+
+    def _lost(self, item: WorkItem) -> None:
+        with self._lock:
+            if self._held.pop(item.id, None) is None:
+                return  # it finished meanwhile: nothing was lost
+        # Another owner took it: the completion is fenced, and the host's generation check refuses
+        # anything this call sends that is older than what the host has seen.
+        log.warning("work.lease_lost", work_id=item.id, eip_uuid=item.eip_uuid, owner=self.owner)
 
     def _renew(self, item: WorkItem) -> None:
         try:
@@ -90,12 +115,7 @@ class Heartbeat:
             log.warning("work.heartbeat_failed", work_id=item.id, eip_uuid=item.eip_uuid, error=str(exc))
             return
         if not renewed:
-            with self._lock:
-                if self._held.pop(item.id, None) is None:
-                    return  # it finished meanwhile: nothing was lost
-            # Another owner took it: the completion is fenced, and the host's generation check refuses
-            # anything this call sends that is older than what the host has seen.
-            log.warning("work.lease_lost", work_id=item.id, eip_uuid=item.eip_uuid, owner=self.owner)
+            self._lost(item)
             return
         self.renewals += 1
         log.debug("work.heartbeat", work_id=item.id, eip_uuid=item.eip_uuid)

@@ -137,12 +137,14 @@ def work_claim(*, many: bool = False) -> Any:
     )
 
 
-def lease_extend() -> Any:
-    """Renew a lease we hold: ``… SET lease_expires_at = <shared clock> + :s_lease_us WHERE id, owner, running``."""
+def lease_extend(*, many: bool = False) -> Any:
+    """Renew a lease we hold: ``… SET lease_expires_at = <shared clock> + :s_lease_us WHERE id, owner, running``.
+
+    With ``many``, the leases of the items whose ids are in the expanding ``:ids`` list."""
+    which = WORK.c.id.in_(sa.bindparam("ids", expanding=True)) if many else WORK.c.id == sa.bindparam("w_id")
     return (
         WORK.update()
-        .where(WORK.c.id == sa.bindparam("w_id"), WORK.c.lease_owner == sa.bindparam("w_owner"),
-               WORK.c.status == "running")
+        .where(which, WORK.c.lease_owner == sa.bindparam("w_owner"), WORK.c.status == "running")
         .values(lease_expires_at=db_now(sa.bindparam("s_lease_us", type_=sa.BigInteger)),
                 updated_at=sa.bindparam("s_now"))
     )

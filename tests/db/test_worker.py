@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import structlog
 from freezegun import freeze_time
 
@@ -144,6 +145,46 @@ def test_backoff_schedule_then_park_then_retry(db_url: str) -> None:
         assert flow.get_eip(eip.uuid).state == "detached"
         assert len(backend.calls_for(eip.uuid, "revoke")) == 5
         assert check(flow.store, backend) == []
+
+
+def test_heartbeat_renews_a_whole_batch_and_lets_a_taken_item_go(db_url: str) -> None:
+    """A batch whose backend call outlives its leases: one renewal statement keeps all of them ours; an item
+    another owner took meanwhile is dropped from the renewals (its completion is fenced), the rest go on."""
+    backend = InMemoryDataplane()
+    clock = ManualClock()
+    with Eipflow.open(db_url, backend, clock=clock, owner="api") as flow:
+        uuids = [flow.create_eip(VIPS[i]).uuid for i in range(3)]
+        for i, uuid in enumerate(uuids):
+            _attach(flow, uuid, i + 1)
+        gate = backend.faults.block("apply")
+        worker = Worker(flow, lease_seconds=5, heartbeat_interval=0.01, owner="slow")
+        runner = threading.Thread(target=worker.run_once)
+        runner.start()
+        try:
+            gate.wait_entered()
+            taken = flow.work_items(eip_uuid=uuids[2])[0]
+            with flow.store.engine.begin() as conn:  # another owner took this lease (it expired for them)
+                conn.execute(sa.text("UPDATE eip_work SET lease_owner = 'thief' WHERE id = :i"), {"i": taken.id})
+            flow.store.lease_clock.advance(60)
+            for _ in range(2):
+                worker.heartbeat.clear()
+                assert worker.heartbeat.wait(30)
+            items = {w.eip_uuid: w for w in flow.work_items()}
+            now = flow.store.lease_clock.now()
+            assert all(items[u].lease_owner == "slow" and items[u].lease_expires_at > now  # type: ignore[operator]
+                       for u in uuids[:2])
+            assert items[uuids[2]].lease_owner == "thief"
+            assert items[uuids[2]].lease_expires_at < now  # type: ignore[operator]  # never renewed for another owner
+        finally:
+            gate.release()
+            runner.join(timeout=60)
+        assert [flow.get_eip(u).state for u in uuids] == ["attached"] * 3
+        # The taken item's completion was fenced; its lease then expired (the "thief" never renewed it) and the
+        # worker's next claim ran it again: a second attempt, an idempotent second apply.
+        (again,) = flow.work_items(eip_uuid=uuids[2])
+        assert again.attempts == 2
+        assert [c.outcome for c in backend.calls_for(uuids[2], "apply")] == ["ok", "ok"]
+        assert [w.attempts for u in uuids[:2] for w in flow.work_items(eip_uuid=u)] == [1, 1]
 
 
 def test_heartbeat_keeps_a_slow_call_leased(db_url: str) -> None:
