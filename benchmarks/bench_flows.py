@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -99,6 +100,7 @@ def make_targets(names: list[str], base: str) -> list[Target]:
     return out
 
 
+# -- 1. attach -------------------------------------------------------------------------------------
 def part_attach(t: Target, args: argparse.Namespace, res: Results) -> None:
     with fresh(t) as db:
         flow = open_flow(db)
@@ -181,30 +183,36 @@ def part_release(t: Target, args: argparse.Namespace, res: Results) -> None:
                 print(f"  {t.label:18} VM stop K={size:,}: eipflow {c.summary()}; floor "
                       f"{counts[size]['floor_total']:,} statements, {floor_calls['COMMIT']} commits", file=sys.stderr)
             res.put(t.label, "stop_counts", counts)
-            # Host evacuation: EVAC EIPs across EVAC_VMS VMs of one host.
+            # Host evacuation: n EIPs across `vms` VMs of one host; floor and host_down alternating per round.
             n, vms = args.evac_eips, args.evac_vms
             samples = {"floor": [], "eipflow": [], "today": []}
             for r in range(args.batch_rounds):
-                names = attached_host(f"evac-{r}-floor", n, vms)
-                took, got = timed(lambda r=r: floor.release(host=f"evac-{r}-floor"))
-                if got != n:
-                    raise RuntimeError(f"floor evacuated {got} of {n} EIPs")
-                samples["floor"].append(n / took)
-                print(f"  {t.label:18} evacuation round {r + 1} floor    {n:,} EIPs / {vms:,} VMs: {took:6.2f} s",
-                      file=sys.stderr)
-                if hasattr(flow, "host_down"):
-                    host = f"evac-{r}-flow"
-                    attached_host(host, n, vms)
-                    took, out = timed(lambda host=host: flow.host_down(host, wait=True))
-                    left = states(engine, f"WHERE host_uuid = '{host}' OR applied_host = '{host}'")
-                    samples["eipflow"].append(n / took)
-                    print(f"  {t.label:18} evacuation round {r + 1} host_down {took:6.2f} s; states after: {left}",
-                          file=sys.stderr)
-                if args.evac_today and r == 0:
+                for name in (("floor", "eipflow") if r % 2 == 0 else ("eipflow", "floor")):
+                    host = f"evac-{r}-{name}"
+                    if name == "floor":
+                        attached_host(host, n, vms)
+                        took, got = timed(lambda host=host: floor.release(host=host))
+                        if got != n:
+                            raise RuntimeError(f"floor evacuated {got} of {n} EIPs")
+                    elif hasattr(flow, "host_down"):
+                        attached_host(host, n, vms)
+                        took, out = timed(lambda host=host: flow.host_down(host, wait=True))
+                        after = Counter(e.state for e in out)
+                        if sum(after.values()) != n or after.get("attached"):
+                            raise RuntimeError(f"host_down returned {dict(after)} for {n} attached EIPs")
+                    else:
+                        continue
+                    samples[name].append(n / took)
+                    print(f"  {t.label:18} evacuation round {r + 1} {name:8} {n:,} EIPs / {vms:,} VMs: "
+                          f"{took:6.2f} s ({n / took:,.0f} EIPs/s)", file=sys.stderr)
+                if args.evac_today and r == 0:  # what a caller does without host_down: once, for comparison
                     names = attached_host(f"evac-{r}-today", n, vms)
-                    took, _ = timed(lambda names=names: [flow.vm_stopped(vm, wait=True) for vm in names])
+                    took, out = timed(lambda names=names: [e for vm in names for e in flow.vm_stopped(vm, wait=True)])
+                    if sum(1 for e in out if e.state == "released") != n:
+                        raise RuntimeError(f"vm_stopped per VM released {len(out)} of {n} EIPs")
                     samples["today"].append(n / took)
-                    print(f"  {t.label:18} evacuation round {r + 1} vm_stopped per VM {took:6.2f} s", file=sys.stderr)
+                    print(f"  {t.label:18} evacuation round {r + 1} vm_stopped per VM: {took:6.2f} s "
+                          f"({n / took:,.0f} EIPs/s)", file=sys.stderr)
             evac: dict[str, Any] = {"eips": n, "vms": vms, "floor": median(samples["floor"])}
             if samples["eipflow"]:
                 evac.update(eipflow=median(samples["eipflow"]), ratio=median(samples["eipflow"]) / evac["floor"])
