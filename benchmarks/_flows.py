@@ -100,6 +100,29 @@ def seed_due(engine: sa.Engine, n: int, chunk: int = 10_000) -> None:
                 "SELECT setval(pg_get_serial_sequence('eip_work', 'id'), (SELECT max(id) FROM eip_work))")
 
 
+def _seed_due_child(url: str, synchronous: str | None, n: int) -> None:
+    from eipflow.store import create_db_engine
+
+    engine = create_db_engine(url, sqlite_synchronous=synchronous)
+    try:
+        seed_due(engine, n)
+    finally:
+        engine.dispose()
+
+
+def seed_due_elsewhere(target: Target, n: int) -> None:
+    """:func:`seed_due` in a child process, so that this process's heap is not grown (then freed) by the load:
+    the RSS a drain adds afterwards is then the drain's own, not hidden in memory the load left free."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_seed_due_child,
+                                                         args=(target.url, target.synchronous, n))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"seeding {n:,} due items failed in the child process (exit {child.exitcode})")
+
+
 def states(engine: sa.Engine, where: str = "") -> dict[str, int]:
     with engine.connect() as conn:
         return {s: n for s, n in conn.exec_driver_sql(f"SELECT state, COUNT(*) FROM eip {where} GROUP BY state")}
