@@ -20,6 +20,7 @@ tables in a schema of their own (``shared_config``'s layout). DBOS runs with its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -106,6 +107,7 @@ def part_dbos(t: Target, args: argparse.Namespace, res: Results) -> None:
         return
     schema = f"dbos_bench_{uuidlib.uuid4().hex[:8]}"
     engines: list[sa.Engine] = []
+    sys_path: str | None = None
     with fresh(t) as db:
         flow = open_flow(db)
         try:
@@ -139,6 +141,10 @@ def part_dbos(t: Target, args: argparse.Namespace, res: Results) -> None:
             flow.close()
             for engine in engines:
                 engine.dispose()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if sys_path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(f"{sys_path}{suffix}")
             if db.kind == "postgres":
                 admin = sa.create_engine(t.url, isolation_level="AUTOCOMMIT")
                 with admin.connect() as conn:
