@@ -94,6 +94,10 @@ def open_flow(target: Target, backend: Any = None, **kwargs: Any) -> Any:
     from eipflow import Eipflow
 
     set_sqlite_synchronous(target.synchronous)
+    if target.synchronous is not None:
+        # ``Eipflow.open`` takes the mode as a parameter (default ``$EIPFLOW_SQLITE_SYNCHRONOUS`` or FULL): the
+        # module default set above no longer reaches it, so without this every SQLite target ran at FULL.
+        kwargs.setdefault("sqlite_synchronous", target.synchronous)
     return Eipflow.open(target.url, backend if backend is not None else NoopBackend(), owner="bench", **kwargs)
 
 
@@ -316,3 +320,135 @@ def sqlite_statements(engine: sa.Engine) -> Iterator[Statements]:
 def partition(items: list[str], workers: int, n: int) -> list[str]:
     """Thread ``n``'s share: disjoint rows, so version tracking never races."""
     return items[n::workers]
+
+
+@dataclass
+class DriverCalls:
+    """What one stretch of work sent through an engine's connections, counted at the driver (any database).
+
+    ``calls`` counts ``cursor.execute`` and ``cursor.executemany`` by first keyword (an executemany is one
+    call, whatever the driver does with it inside); ``commits``/``rollbacks`` count the connection's
+    ``commit()``/``rollback()`` (rollbacks include read-only transactions ended and the pool's reset on
+    return). ``events`` counts SQLAlchemy's ``before_cursor_execute`` on the engine: the Core path only — the
+    fast path runs on the raw DBAPI connection, which SQLAlchemy's events never see.
+    """
+
+    calls: Counter[str]
+    commits: int = 0
+    rollbacks: int = 0
+    events: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def summary(self, per: int = 1) -> str:
+        """``N driver calls (BEGIN a, SELECT b, …), C commits, R rollbacks; E seen by before_cursor_execute``."""
+        detail = ", ".join(f"{k} {v / per:,.1f}" if per > 1 else f"{k} {v:,}" for k, v in sorted(self.calls.items()))
+        scale = (lambda v: f"{v / per:,.1f}") if per > 1 else (lambda v: f"{v:,}")
+        return (f"{scale(self.total)} driver calls ({detail}), {scale(self.commits)} commits, "
+                f"{scale(self.rollbacks)} rollbacks; {scale(self.events)} seen by before_cursor_execute")
+
+
+@contextlib.contextmanager
+def driver_calls(engine: sa.Engine) -> Iterator[DriverCalls]:
+    """Count the calls every connection ``engine`` opens inside the block makes (sqlite3, psycopg, PyMySQL).
+
+    The pool is emptied first (which also closes the fast path's pinned connections), so every connection
+    used inside the block is a new, counting one; it is emptied again afterwards.
+    """
+    counts = DriverCalls(Counter())
+    local = threading.local()
+
+    def counted(sql: str) -> None:
+        if not getattr(local, "inside", False):  # PyMySQL's executemany runs execute() per row or chunk
+            counts.calls[_keyword(sql)] += 1
+
+    def wrap_cursor(base: type) -> type:
+        class CountingCursor(base):  # type: ignore[misc, valid-type]
+            def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+                counted(str(sql))
+                return super().execute(sql, *args, **kwargs)
+
+            def executemany(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+                counted(str(sql))
+                local.inside = True
+                try:
+                    return super().executemany(sql, *args, **kwargs)
+                finally:
+                    local.inside = False
+
+        return CountingCursor
+
+    def wrap_ends(conn: Any) -> None:
+        commit, rollback = conn.commit, conn.rollback
+
+        def counted_commit() -> Any:
+            counts.commits += 1
+            return commit()
+
+        def counted_rollback() -> Any:
+            counts.rollbacks += 1
+            return rollback()
+
+        conn.commit, conn.rollback = counted_commit, counted_rollback
+
+    listeners: list[tuple[str, Any]] = []
+    driver = engine.dialect.driver
+    if driver == "pysqlite":
+        import sqlite3
+
+        cursor_class = wrap_cursor(sqlite3.Cursor)
+
+        class CountingConnection(sqlite3.Connection):
+            def cursor(self, factory: Any = cursor_class) -> Any:  # type: ignore[override]
+                return super().cursor(factory)
+
+            def commit(self) -> None:
+                counts.commits += 1
+                super().commit()
+
+            def rollback(self) -> None:
+                counts.rollbacks += 1
+                super().rollback()
+
+        def do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            cparams["factory"] = CountingConnection
+
+        listeners.append(("do_connect", do_connect))
+    elif driver == "psycopg":
+        import psycopg
+
+        cursor_class = wrap_cursor(psycopg.Cursor)
+
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.cursor_factory = cursor_class
+            wrap_ends(dbapi_conn)
+
+        listeners.append(("connect", on_connect))
+    elif driver == "pymysql":
+        import pymysql.cursors
+
+        cursor_class = wrap_cursor(pymysql.cursors.Cursor)
+
+        def on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.cursorclass = cursor_class
+            wrap_ends(dbapi_conn)
+
+        listeners.append(("connect", on_connect))
+    else:  # pragma: no cover - the benchmarks run on these three drivers only
+        raise ValueError(f"no driver counter for {engine.dialect.name}+{driver}")
+
+    def before(_conn: Any, _cursor: Any, _sql: str, _params: Any, _context: Any, _many: bool) -> None:
+        counts.events += 1
+
+    listeners.append(("before_cursor_execute", before))
+    engine.dispose()
+    for name, fn in listeners:
+        sa.event.listen(engine, name, fn)
+    try:
+        yield counts
+    finally:
+        for name, fn in listeners:
+            sa.event.remove(engine, name, fn)
+        engine.dispose()
