@@ -104,6 +104,12 @@ class Heartbeat:
         with self._lock:
             if self._held.pop(item.id, None) is None:
                 return  # it finished meanwhile: nothing was lost
+        try:
+            now = self.store.work_item(item.id)
+        except Exception:  # noqa: BLE001 - cannot tell: say it was lost (the completion is fenced anyway)
+            now = None
+        if now is not None and now.status != "running":
+            return  # its completion committed just before this renewal (its holding block had not ended yet)
         # Another owner took it: the completion is fenced, and the host's generation check refuses
         # anything this call sends that is older than what the host has seen.
         log.warning("work.lease_lost", work_id=item.id, eip_uuid=item.eip_uuid, owner=self.owner)
