@@ -329,6 +329,9 @@ class Runner:
             if "plan" not in chained:
                 return intent, result, item  # a leased revoke (detach, delete)
             self._log_transition(chained["plan"], result, started, inline=True)
+            # The step-by-step path's crash point between the proceed's decision and what follows it: here the
+            # proceed has committed with the intent (a caller killed now leaves its leased item to a worker).
+            crash_point("before_complete", "proceed")
             if result.state != "applying" or result.work_id != item.id:
                 return intent, result, None  # released (a stopped VM): the proceed finished the item
             assert result.applied_host is not None and result.vm_nic_uuid and result.guest_ip
@@ -707,7 +710,8 @@ class Runner:
             except (IllegalTransition, NotApplicable):
                 plan, retry_update = None, None  # let the single path raise or decide on a fresh row
             planned.append((item, event, spec, error, plan, retry_update))
-        crash_point("before_complete", "batch")
+        for event in dict.fromkeys(p[1] for p in planned):
+            crash_point("before_complete", event)
         plans = [p[4] for p in planned]
         written = self.store.commit_many(plans) if len(plans) > 1 and all(plans) else None  # type: ignore[arg-type]
         if written is None:
