@@ -27,6 +27,7 @@ Two more costs of a call are removed here, both without weakening the compare-an
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import threading
@@ -77,6 +78,20 @@ def _none(_values: Mapping[str, Any]) -> tuple[()]:
     return ()
 
 
+_DATETIME_PROCESSORS: dict[str, Callable[[Any], Any] | None] = {}
+
+
+def _processor(type_: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    """The column type's bind processor (what the Core path applies). The timestamp columns' is shared per
+    dialect and memoised on its last few values: one transaction binds the same timestamp up to seven times."""
+    if not isinstance(type_, UTCDateTime):
+        return type_.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+    if dialect.name not in _DATETIME_PROCESSORS:
+        raw = type_.dialect_impl(dialect).bind_processor(dialect)
+        _DATETIME_PROCESSORS[dialect.name] = functools.lru_cache(maxsize=4)(raw) if raw is not None else None
+    return _DATETIME_PROCESSORS[dialect.name]
+
+
 class _Sql:
     """One Core statement compiled for a dialect: the SQL text, how to lay out its parameters, and how
     each parameter is stored (its column type's bind processor: the same conversion the Core path does)."""
@@ -92,8 +107,7 @@ class _Sql:
         self.literals: dict[str, Any] = {
             name: bind.value for name, bind in compiled.binds.items() if not bind.required and bind.value is not None
         }
-        procs = ((name, bind.type.dialect_impl(dialect).bind_processor(dialect))
-                 for name, bind in compiled.binds.items() if bind.required)
+        procs = ((name, _processor(bind.type, dialect)) for name, bind in compiled.binds.items() if bind.required)
         self._procs: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple((n, p) for n, p in procs if p is not None)
 
         names = self.names
@@ -212,6 +226,7 @@ class FastPath:
         self._vm_shared = _Sql(vm_select if self.sqlite else vm_select.with_for_update(read=True), dialect)
         self._select_work = _Sql(sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id")), dialect)
         self._statements: dict[tuple[Any, ...], _Sql] = {}  # the lowering's statements, compiled once
+        self._reads: dict[Any, _Sql] = {}  # the store's single-row look-ups, compiled once
 
     # -- connections -----------------------------------------------------------------------------
     def _pin(self) -> _Pin:
@@ -299,6 +314,23 @@ class FastPath:
         eip = self._eip(row)
         self.rows.put(eip)
         return eip
+
+    def read_one(self, stmt: Any, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """One row of a single SELECT (the attach's look-ups: the VM's facts, who holds an address)."""
+        sql = self._reads.get(stmt)
+        if sql is None:
+            sql = self._reads[stmt] = _Sql(stmt, self.dialect)
+        pin = self._pin()
+        try:
+            cur = pin.cur
+            cur.execute(sql.text, sql.params(params))
+            row = cur.fetchone()
+            if not self.sqlite:
+                pin.conn.rollback()  # end the driver's implicit transaction: the pin stays idle
+        except self._error as exc:
+            self._broken(pin)
+            raise Unsupported from exc
+        return tuple(row) if row is not None else None
 
     def claim(self, work_id: int, owner: str, now: datetime, lease_us: int) -> WorkItem | None:
         """Lease one work item (the Core path's compare-and-swap on status and lease) and read it back.

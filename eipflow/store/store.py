@@ -248,6 +248,11 @@ class Store:
         # Statements built once: building a Core statement and its cache key per call costs more
         # than executing it (~25 µs for a select, ~300 µs for the claim's UPDATE).
         self._select_vm = sa.select(VM).where(VM.c.uuid == sa.bindparam("u"))
+        self._select_vm_fields = sa.select(
+            VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at, VM.c.version
+        ).where(VM.c.uuid == sa.bindparam("u"))
+        self._holder_of_vip = sa.select(EIP.c.uuid).where(EIP.c.vip == sa.bindparam("ip"))
+        self._holder_of_guest_ip = sa.select(EIP.c.uuid).where(EIP.c.guest_ip == sa.bindparam("ip"))
         self._select_work = sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id"))
         self._select_history = sa.select(HISTORY).where(HISTORY.c.eip_uuid == sa.bindparam("u")).order_by(
             HISTORY.c.version
@@ -323,13 +328,24 @@ class Store:
         with translate_errors(self.engine), self._read() as conn:
             return [_eip(r) for r in conn.execute(stmt)]
 
-    def holder_of_guest_ip(self, guest_ip: str) -> str | None:
+    def _one(self, stmt: Any, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """One row of a single-row SELECT: on the fast path's pinned connection where there is one."""
+        if self._fast is not None:
+            try:
+                return self._fast.read_one(stmt, params)
+            except Unsupported:
+                pass  # the Core path below translates the error
         with translate_errors(self.engine), self._read() as conn:
-            return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.guest_ip == guest_ip)).scalar()
+            row = conn.execute(stmt, params).first()
+        return tuple(row) if row is not None else None
+
+    def holder_of_guest_ip(self, guest_ip: str) -> str | None:
+        row = self._one(self._holder_of_guest_ip, {"ip": guest_ip})
+        return row[0] if row is not None else None
 
     def holder_of_vip(self, vip: str) -> str | None:
-        with translate_errors(self.engine), self._read() as conn:
-            return conn.execute(sa.select(EIP.c.uuid).where(EIP.c.vip == vip)).scalar()
+        row = self._one(self._holder_of_vip, {"ip": vip})
+        return row[0] if row is not None else None
 
     def history(self, uuid: str) -> list[TransitionRecord]:
         with translate_errors(self.engine), self._read() as conn:
@@ -381,12 +397,15 @@ class Store:
             return conn.execute(stmt).scalar()
 
     def vm(self, uuid: str) -> Vm | None:
-        with translate_errors(self.engine), self._read() as conn:
-            row = conn.execute(self._select_vm, {"u": uuid}).first()
+        row = self._one(self._select_vm_fields, {"u": uuid})
         if row is None:
             return None
-        m = row._mapping
-        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+        updated = row[3]
+        if isinstance(updated, str):  # SQLite text, read at driver level
+            updated = datetime.fromisoformat(updated)
+        if updated is not None and updated.tzinfo is None:
+            updated = updated.replace(tzinfo=UTC)
+        return Vm(row[0], row[1], bool(row[2]), updated, row[4])
 
     # -- writes --------------------------------------------------------------------------------
     @retry_transient  # every write is one transaction: safe to run again after a deadlock
