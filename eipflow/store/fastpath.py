@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,6 +116,8 @@ class _Sql:
         )
 
     def params(self, values: Mapping[str, Any]) -> Any:
+        if not self._procs and not self.literals:
+            return self._pick(values) if self.positional else values
         merged = {**self.literals, **values} if self.literals else dict(values)
         for name, proc in self._procs:
             value = merged.get(name)
@@ -441,10 +442,9 @@ class FastPath:
     def _write(self, cur: Any, eip: Eip, plan: Any, now: datetime, *, guard_work: bool = False) -> Eip | None:
         """Run the plan's lowering (:mod:`eipflow.store.lowering`) on the pinned cursor; ``None``: the
         compare-and-swap lost. ``guard_work``: the row was the cached snapshot, so its work item is checked too."""
-        if guard_work:
-            plan = replace(plan, predicates={**plan.predicates, "work_id": eip.work_id})
         try:
-            return execute(plan, now, lambda stmts: self._run(cur, stmts), lambda uuid: self._read_vm(cur, uuid))
+            return execute(plan, now, lambda stmts: self._run(cur, stmts), lambda uuid: self._read_vm(cur, uuid),
+                           {"work_id": eip.work_id} if guard_work else None)
         except CasLost:
             return None
 

@@ -25,9 +25,8 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -54,9 +53,8 @@ class CasLost(Exception):
     """A compare-and-swap matched no row: nothing of the transaction may stay (reload and decide again)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Statement:
-    """One statement of a lowered plan.
+class Statement(NamedTuple):
+    """One statement of a lowered plan (a named tuple: built several times per transition, on the hot path).
 
     Attributes:
         key: names the SQL (:func:`statement` builds it; executors compile it once per key).
@@ -116,13 +114,16 @@ def _work_update(work_id: int, owner: str, values: Mapping[str, Any], now: datet
     return Statement(("update_work", cols), params, expect=1, lease=work_id)
 
 
-def _eip_change(plan: Any, now: datetime) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The EIP row's compare-and-swap: its statement key and parameters."""
+def _eip_change(
+    plan: Any, now: datetime, guard: Mapping[str, Any] | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The EIP row's compare-and-swap: its statement key and parameters (``guard``: extra predicates)."""
     eip = plan.eip
     params: dict[str, Any] = {"w_uuid": eip.uuid, "w_version": eip.version}
-    for c, v in plan.predicates.items():
+    predicates = {**plan.predicates, **guard} if guard else plan.predicates
+    for c, v in predicates.items():
         params[f"w_{c}"] = v
-    pred_cols = tuple(sorted(plan.predicates))
+    pred_cols = tuple(sorted(predicates))
     if plan.target == "deleted":
         return ("delete_eip", pred_cols), params
     changes = dict(plan.changes)
@@ -134,8 +135,9 @@ def _eip_change(plan: Any, now: datetime) -> tuple[tuple[Any, ...], dict[str, An
     return ("update_eip", tuple(sorted(changes)), pred_cols), params
 
 
-def lower(plan: Any, now: datetime) -> list[Statement]:
-    """The statements that write one planned transition, in order."""
+def lower(plan: Any, now: datetime, guard: Mapping[str, Any] | None = None) -> list[Statement]:
+    """The statements that write one planned transition, in order (``guard``: predicates the executor adds,
+    e.g. the work item of a cached row)."""
     out: list[Statement] = []
     if plan.finish_work is not None:
         out.append(_work_update(plan.finish_work.work_id, plan.finish_work.owner, _FINISHED, now))
@@ -143,7 +145,7 @@ def lower(plan: Any, now: datetime) -> list[Statement]:
         out.append(_work_update(plan.update_work.work_id, plan.update_work.owner, plan.update_work.values, now))
     if plan.new_work is not None:
         out.append(Statement(("insert_work",), work_params(plan.eip.uuid, plan.new_work, now), makes_work_id=True))
-    key, params = _eip_change(plan, now)
+    key, params = _eip_change(plan, now, guard)
     out.append(Statement(key, params, expect=1, needs_work_id=plan.new_work is not None))
     out.append(Statement(("insert_history",), history_params(plan, now)))
     return out
@@ -206,13 +208,14 @@ def written(plan: Any, now: datetime, work_id: int | None) -> Eip:
 Run = Callable[[Sequence[Statement]], Mapping[str, int]]
 
 
-def execute(plan: Any, now: datetime, run: Run, read_vm: Callable[[str], Vm | None]) -> Eip:
+def execute(plan: Any, now: datetime, run: Run, read_vm: Callable[[str], Vm | None],
+            guard: Mapping[str, Any] | None = None) -> Eip:
     """Write ``plan`` with an executor's ``run`` and follow its :class:`~eipflow.store.ChainLease`.
 
     Raises :class:`CasLost` or :class:`~eipflow.store.LeaseLost` (from :func:`check`): the caller rolls
-    the transaction back.
+    the transaction back. ``guard``: extra predicates on the first plan's row (see :func:`lower`).
     """
-    ids = run(lower(plan, now))
+    ids = run(lower(plan, now, guard))
     row = written(plan, now, ids.get(plan.eip.uuid))
     chain = plan.chain
     if chain is None or row.work_id is None or plan.new_work is None:
