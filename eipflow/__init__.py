@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         WorkItemNotFound,
     )
     from .machine import EipMachine, Facts
+    from .outcome import AttachOutcome, attach_outcome
     from .reconcile import Reconciler, ReconcileReport, Repair
     from .runner import RetryPolicy
     from .steps import StepPending
@@ -77,6 +78,7 @@ _MODULES: dict[str, str] = {
         "StaleGeneration", "VersionConflict", "VipInUse", "WorkItemNotFound",
     ), ".errors"),
     **dict.fromkeys(("EipMachine", "Facts"), ".machine"),
+    **dict.fromkeys(("AttachOutcome", "attach_outcome"), ".outcome"),
     **dict.fromkeys(("Reconciler", "ReconcileReport", "Repair"), ".reconcile"),
     "RetryPolicy": ".runner",
     "StepPending": ".steps",
@@ -105,6 +107,7 @@ __all__ = [
     "AddressNotAllowed",
     "AsyncEipflow",
     "AttachFailed",
+    "AttachOutcome",
     "AttachSuperseded",
     "Backend",
     "BackendError",
@@ -152,6 +155,7 @@ __all__ = [
     "WorkItemNotFound",
     "Worker",
     "__version__",
+    "attach_outcome",
     "connect",
     "load_backend",
     "run_changes",

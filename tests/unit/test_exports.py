@@ -13,7 +13,7 @@ EXPECTED = {
     "NotFound", "OperationIdReused", "ReconcileReport", "Reconciler", "Repair", "RetryPolicy", "SimulatedDataplane",
     "StaleGeneration", "StepPending", "SystemClock", "TransitionRecord", "VersionConflict", "VipInUse", "Vm",
     "WorkItem", "WorkItemNotFound", "Worker", "__version__", "connect", "load_backend",
-    "MAX_BATCH", "BatchBackend", "Change", "ChangeResult", "run_changes",
+    "MAX_BATCH", "BatchBackend", "Change", "ChangeResult", "run_changes", "AttachOutcome", "attach_outcome",
 }
 
 
