@@ -156,22 +156,25 @@ class Measured:
     ops: int
     seconds: float
     latencies: list[float]
+    ran_out: bool = False  # a thread's step returned False (its rows ran out) before the window closed
 
     @property
     def rate(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def run_threads(workers: int, seconds: float, make: Callable[[int], Callable[[], None]],
+def run_threads(workers: int, seconds: float, make: Callable[[int], Callable[[], bool | None]],
                 *, latencies: bool = False) -> Measured:
     """Run ``workers`` threads, each calling its ``make(n)()`` in a loop for ``seconds``; count calls.
 
-    ``make`` runs in the thread before the barrier (connections are opened outside the timed window).
+    ``make`` runs in the thread before the barrier (connections are opened outside the timed window). A step
+    that returns ``False`` ends its thread (its rows ran out: ``Measured.ran_out``) and is not counted.
     """
     barrier = threading.Barrier(workers + 1)
     stop = threading.Event()
     counts = [0] * workers
     lats: list[list[float]] = [[] for _ in range(workers)]
+    out = [False] * workers
     errors: list[BaseException] = []
 
     def body(n: int) -> None:
@@ -189,12 +192,12 @@ def run_threads(workers: int, seconds: float, make: Callable[[int], Callable[[],
         mine = lats[n]
         try:
             while not stop.is_set():
+                t0 = time.perf_counter() if latencies else 0.0
+                if step() is False:
+                    out[n] = True
+                    break
                 if latencies:
-                    t0 = time.perf_counter()
-                    step()
                     mine.append(time.perf_counter() - t0)
-                else:
-                    step()
                 done += 1
         except BaseException as exc:  # noqa: BLE001 - reported after the run
             errors.append(exc)
@@ -215,7 +218,7 @@ def run_threads(workers: int, seconds: float, make: Callable[[int], Callable[[],
     elapsed = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"benchmark thread failed: {errors[0]!r}") from errors[0]
-    return Measured(sum(counts), elapsed, [x for m in lats for x in m])
+    return Measured(sum(counts), elapsed, [x for m in lats for x in m], any(out))
 
 
 def median(values: list[float]) -> float:

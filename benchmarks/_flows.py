@@ -7,10 +7,7 @@ none idles before the window closes.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from _common import NOW, Target, median, vip
+from _common import NOW, Target, median, run_threads, vip
 from _floor import Floor
 
 HOST = "host-1"
@@ -143,46 +140,8 @@ class Window:
 def window(workers: int, seconds: float, make: Callable[[int], Callable[[], bool]]) -> Window:
     """``workers`` threads started on a barrier, each calling its ``make(n)()`` until the window closes
     (or it returns ``False``: its rows ran out). ``make`` runs before the barrier (connections outside the window)."""
-    barrier = threading.Barrier(workers + 1)
-    stop = threading.Event()
-    counts = [0] * workers
-    out = [False] * workers
-    errors: list[BaseException] = []
-
-    def body(n: int) -> None:
-        try:
-            step = make(n)
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
-            errors.append(exc)
-            barrier.abort()
-            return
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            return
-        try:
-            while not stop.is_set():
-                if not step():
-                    out[n] = True
-                    return
-                counts[n] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(n,), name=f"flows-{n}") for n in range(workers)]
-    for t in threads:
-        t.start()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait()
-    started = time.perf_counter()
-    stop.wait(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"benchmark thread failed: {errors[0]!r}") from errors[0]
-    return Window(sum(counts), elapsed, any(out))
+    m = run_threads(workers, seconds, make)
+    return Window(m.ops, m.seconds, m.ran_out)
 
 
 class Pool:

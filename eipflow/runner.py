@@ -283,16 +283,10 @@ class Runner:
             work: NewWork | None = chained_plan["plan"].new_work
             if written.work_id is None or work is None:
                 return None
-            now = self.store.clock.now()
-            spec = None
-            if work.host_uuid is not None and work.generation is not None:
-                spec = EipSpec(written.uuid, work.vip, work.vm_nic_uuid, work.guest_ip, work.host_uuid,
-                               work.generation)
-            item = WorkItem(written.work_id, written.uuid, work.action, spec, "running", 1, now, self.owner, None,
-                            None, False, now, now)
+            item = self._leased(written.work_id, written.uuid, work)
             chained.update(intent=written, item=item)
             if written.state != "binding":
-                return spec is not None or None  # lease a runnable item (a revoke); nothing more to write
+                return item.spec is not None or None  # lease a runnable item (a revoke); nothing more to write
             try:
                 plan = self._plan(written, "proceed", _placement(written, read_vm()), item=item,
                                   details={"work_id": item.id, "attempt": item.attempts})
@@ -400,18 +394,21 @@ class Runner:
                     continue  # moved on meanwhile (detached, deleted, rebound): nothing of this intent applies
             return out, []
         items = []
-        now = self.store.clock.now()
         for plan, result in zip(plans, written, strict=True):
             self._log_transition(plan, result, started, batch=len(plans))
-            work = plan.new_work
-            if lease and work is not None and result.work_id is not None:
-                spec = None
-                if work.host_uuid is not None and work.generation is not None:
-                    spec = EipSpec(result.uuid, work.vip, work.vm_nic_uuid, work.guest_ip, work.host_uuid,
-                                   work.generation)
-                items.append(WorkItem(result.work_id, result.uuid, work.action, spec, "running", 1, now, self.owner,
-                                      None, None, work.cleanup, now, now))
+            if lease and plan.new_work is not None and result.work_id is not None:
+                items.append(self._leased(result.work_id, result.uuid, plan.new_work))
         return written, items
+
+    def _leased(self, work_id: int, eip_uuid: str, work: NewWork) -> WorkItem:
+        """The item a transaction just inserted and leased to this runner, as :meth:`run_batch` takes it
+        (the lease's expiry is the database's; the heartbeat renews it by id)."""
+        now = self.store.clock.now()
+        spec = None
+        if work.host_uuid is not None and work.generation is not None:
+            spec = EipSpec(eip_uuid, work.vip, work.vm_nic_uuid, work.guest_ip, work.host_uuid, work.generation)
+        return WorkItem(work_id, eip_uuid, work.action, spec, "running", 1, now, self.owner, None, None, work.cleanup,
+                        now, now)
 
     # -- work ----------------------------------------------------------------------------------
     def drive(self, uuid: str, *, max_steps: int = 64) -> Eip | None:

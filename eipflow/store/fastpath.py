@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,8 +43,8 @@ from sqlalchemy.engine import Engine
 from ..errors import EipNotFound
 from ..values import Eip, Vm, WorkItem
 from .lowering import CasLost, Statement, check, execute, statement
-from .schema import EipRow, TransitionRow, UTCDateTime, VmRow, WorkRow
-from .statements import work_claim, work_item
+from .schema import EipRow, UTCDateTime, WorkRow
+from .statements import aware, vm_facts, vm_of, work_claim, work_item
 
 __all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
 
@@ -52,9 +52,7 @@ __all__ = ["DEFAULT_ROW_CACHE", "FastPath", "LeaseLost", "Unsupported"]
 DEFAULT_ROW_CACHE = 16_384
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
-HISTORY = TransitionRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
-VM = VmRow.__table__  # type: ignore[attr-defined]
 _EIP_COLS = tuple(c.name for c in EIP.columns)
 _DT_COLS = frozenset(c.name for c in EIP.columns if isinstance(c.type, UTCDateTime))
 _WORK_COLS = tuple(c.name for c in WORK.columns)
@@ -219,12 +217,9 @@ class FastPath:
         # Lock the row for the few microseconds between read and write: the compare-and-swap then never
         # loses on PostgreSQL/MariaDB hot rows (SQLite's BEGIN IMMEDIATE already serializes writers).
         self._get_for_update = self._get if self.sqlite else _Sql(select.with_for_update(), dialect)
-        self._vm = _Sql(sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at).where(
-            VM.c.uuid == sa.bindparam("u")), dialect)
+        self._vm = _Sql(vm_facts(), dialect)
         self._claim = _Sql(work_claim(), dialect)
-        vm_select = sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at, VM.c.version).where(
-            VM.c.uuid == sa.bindparam("u"))
-        self._vm_shared = _Sql(vm_select if self.sqlite else vm_select.with_for_update(read=True), dialect)
+        self._vm_shared = _Sql(vm_facts(shared=not self.sqlite), dialect)
         self._select_work = _Sql(sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id")), dialect)
         self._statements: dict[tuple[Any, ...], _Sql] = {}  # the lowering's statements, compiled once
         self._reads: dict[Any, _Sql] = {}  # the store's single-row look-ups, compiled once
@@ -270,23 +265,15 @@ class FastPath:
     def _eip(self, row: tuple[Any, ...]) -> Eip:
         values = dict(zip(_EIP_COLS, row, strict=True))
         for col in _DT_COLS:
-            values[col] = self._aware(values[col])
+            values[col] = aware(values[col])
         values["attach_confirmed"] = bool(values["attach_confirmed"])
         return Eip(**values)
 
-    @staticmethod
-    def _aware(raw: Any) -> Any:
-        """A datetime column as read (SQLite: text) as an aware UTC datetime."""
-        if raw is None:
-            return None
-        if isinstance(raw, str):
-            raw = datetime.fromisoformat(raw)
-        return raw.replace(tzinfo=UTC)
 
     def _work_item(self, row: tuple[Any, ...]) -> WorkItem:
         values = dict(zip(_WORK_COLS, row, strict=True))
         for col in _WORK_DT_COLS:
-            values[col] = self._aware(values[col])
+            values[col] = aware(values[col])
         return work_item(values)
 
     # -- operations ------------------------------------------------------------------------------
@@ -394,7 +381,7 @@ class FastPath:
                 cur.execute(self._vm.text, self._vm.params({"u": eip.vm_uuid}))
                 found = cur.fetchone()
                 if found is not None:
-                    vm = Vm(found[0], found[1], bool(found[2]), self._aware(found[3]))
+                    vm = vm_of(found)
             try:
                 plan = decide(eip, vm)
                 written = self._write(cur, eip, plan, now)
@@ -478,4 +465,4 @@ class FastPath:
         """The VM's facts under a share lock (a chained plan's decision)."""
         cur.execute(self._vm_shared.text, self._vm_shared.params({"u": uuid}))
         found = cur.fetchone()
-        return Vm(found[0], found[1], bool(found[2]), self._aware(found[3]), found[4]) if found else None
+        return vm_of(found) if found else None

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from ..values import EipSpec, WorkItem
-from .schema import EipRow, UTCDateTime, WorkRow
+from ..values import EipSpec, Vm, WorkItem
+from .schema import EipRow, UTCDateTime, VmRow, WorkRow
 
 __all__ = [
-    "db_now", "due_conditions", "due_picks", "eip_cas_delete", "eip_cas_update", "history_params",
-    "lease_extend", "work_claim", "work_item", "work_params",
+    "aware", "db_now", "due_conditions", "due_picks", "eip_cas_delete", "eip_cas_update", "history_params",
+    "lease_extend", "vm_facts", "vm_of", "work_claim", "work_item", "work_params",
 ]
 
 EIP = EipRow.__table__  # type: ignore[attr-defined]
 WORK = WorkRow.__table__  # type: ignore[attr-defined]
+VM = VmRow.__table__  # type: ignore[attr-defined]
 
 _SKEW = "COALESCE((SELECT skew_us FROM eip_clock WHERE id = 1), 0)"
 
@@ -192,6 +193,28 @@ def work_params(eip_uuid: str, work: Any, now: datetime, out: Callable[[Any], An
         "generation": work.generation,
         "trace_context": trace_carrier() if trace_carrier is not None else None,
     }
+
+
+def aware(raw: Any) -> Any:
+    """A datetime column as read — aware already (Core), naive UTC or SQLite text (driver level) — as aware UTC."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = datetime.fromisoformat(raw)
+    return raw.replace(tzinfo=UTC)
+
+
+def vm_facts(*, shared: bool = False, many: bool = False) -> Any:
+    """``SELECT`` a VM's recorded facts (:func:`vm_of` reads the row) by ``:u`` (``many``: the expanding
+    ``:us``); ``shared``: under a share lock (a chained plan's decision; not on SQLite, which has no such lock)."""
+    which = VM.c.uuid.in_(sa.bindparam("us", expanding=True)) if many else VM.c.uuid == sa.bindparam("u")
+    stmt = sa.select(VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at, VM.c.version).where(which)
+    return stmt.with_for_update(read=True) if shared else stmt
+
+
+def vm_of(row: Any) -> Vm:
+    """A :func:`vm_facts` row as the :class:`Vm` callers get (from either execution path)."""
+    return Vm(row[0], row[1], bool(row[2]), aware(row[3]), row[4])
 
 
 def work_item(m: Mapping[str, Any]) -> WorkItem:

@@ -30,6 +30,8 @@ from .statements import (
     due_conditions,
     due_picks,
     lease_extend,
+    vm_facts,
+    vm_of,
     work_claim,
     work_item,
     work_params,
@@ -247,10 +249,9 @@ class Store:
         self._fast = FastPath(engine, row_cache=row_cache) if supported and fast_path is not False else None
         # Statements built once: building a Core statement and its cache key per call costs more
         # than executing it (~25 µs for a select, ~300 µs for the claim's UPDATE).
-        self._select_vm = sa.select(VM).where(VM.c.uuid == sa.bindparam("u"))
-        self._select_vm_fields = sa.select(
-            VM.c.uuid, VM.c.host_uuid, VM.c.running, VM.c.updated_at, VM.c.version
-        ).where(VM.c.uuid == sa.bindparam("u"))
+        self._select_vm = vm_facts()
+        self._select_vm_shared = vm_facts(shared=engine.dialect.name != "sqlite")
+        self._select_vms = vm_facts(many=True)
         self._holder_of_vip = sa.select(EIP.c.uuid).where(EIP.c.vip == sa.bindparam("ip"))
         self._holder_of_guest_ip = sa.select(EIP.c.uuid).where(EIP.c.guest_ip == sa.bindparam("ip"))
         self._select_work = sa.select(WORK).where(WORK.c.id == sa.bindparam("w_id"))
@@ -397,15 +398,8 @@ class Store:
             return conn.execute(stmt).scalar()
 
     def vm(self, uuid: str) -> Vm | None:
-        row = self._one(self._select_vm_fields, {"u": uuid})
-        if row is None:
-            return None
-        updated = row[3]
-        if isinstance(updated, str):  # SQLite text, read at driver level
-            updated = datetime.fromisoformat(updated)
-        if updated is not None and updated.tzinfo is None:
-            updated = updated.replace(tzinfo=UTC)
-        return Vm(row[0], row[1], bool(row[2]), updated, row[4])
+        row = self._one(self._select_vm, {"u": uuid})
+        return vm_of(row) if row is not None else None
 
     # -- writes --------------------------------------------------------------------------------
     @retry_transient  # every write is one transaction: safe to run again after a deadlock
@@ -568,12 +562,8 @@ class Store:
         return ids
 
     def _read_vm_shared(self, conn: Connection, uuid: str) -> Vm | None:
-        select = self._select_vm if self.engine.dialect.name == "sqlite" else self._select_vm.with_for_update(read=True)
-        found = conn.execute(select, {"u": uuid}).first()
-        if found is None:
-            return None
-        m = found._mapping
-        return Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+        found = conn.execute(self._select_vm_shared, {"u": uuid}).first()
+        return vm_of(found) if found is not None else None
 
     # -- batches ---------------------------------------------------------------------------------
     def get_many(self, uuids: Iterable[str]) -> dict[str, Eip]:
@@ -596,9 +586,8 @@ class Store:
         out: dict[str, Vm] = {}
         with translate_errors(self.engine), self._read() as conn:
             for chunk in _chunks(wanted):
-                for row in conn.execute(sa.select(VM).where(VM.c.uuid.in_(chunk))):
-                    m = row._mapping
-                    out[m["uuid"]] = Vm(m["uuid"], m["host_uuid"], bool(m["running"]), m["updated_at"], m["version"])
+                for row in conn.execute(self._select_vms, {"us": chunk}):
+                    out[row[0]] = vm_of(row)
         return out
 
     @retry_transient

@@ -314,18 +314,15 @@ def gate_dir(tmp_path: Path) -> Iterator[Path]:
     (d / "release").touch()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_worker_process_stops_gracefully(sqlite_url: str, gate_dir: Path, sig: signal.Signals) -> None:
-    """`eipflow worker --batch-size 1` finishes its current item on SIGTERM/SIGINT and exits 0, leaving later
-    work queued."""
+def _signal_two_item_worker(sqlite_url: str, gate_dir: Path, sig: signal.Signals, *args: str) -> None:
+    """Two attaches queued; an `eipflow worker` process is signalled while its first apply waits at the gate,
+    then the gate opens; it must exit 0."""
     with Eipflow.open(sqlite_url) as flow:
         a, b = flow.create_eip(VIPS[0]), flow.create_eip(VIPS[1])
         _attach(flow, a.uuid, 1)
         _attach(flow, b.uuid, 2)
     env = {**os.environ, "EIPFLOW_DB": sqlite_url, "EIPFLOW_SIM_GATE": str(gate_dir)}
-    proc = subprocess.Popen([*CLI, "worker", "--poll-interval", "0.05", "--batch-size", "1"], env=env,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*CLI, "worker", "--poll-interval", "0.05", *args], env=env, stderr=subprocess.PIPE)
     try:
         _wait_for(gate_dir / "entered", proc)
         proc.send_signal(sig)
@@ -336,6 +333,14 @@ def test_worker_process_stops_gracefully(sqlite_url: str, gate_dir: Path, sig: s
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_worker_process_stops_gracefully(sqlite_url: str, gate_dir: Path, sig: signal.Signals) -> None:
+    """`eipflow worker --batch-size 1` finishes its current item on SIGTERM/SIGINT and exits 0, leaving later
+    work queued."""
+    _signal_two_item_worker(sqlite_url, gate_dir, sig, "--batch-size", "1")
     with Eipflow.open(sqlite_url) as flow:
         states = sorted(e.state for e in flow.list_eips())
         assert states == ["attached", "binding"]
@@ -388,22 +393,7 @@ def test_picking_due_work_never_sorts_the_backlog(sqlite_url: str) -> None:
 def test_worker_process_stop_finishes_the_batch_in_flight(sqlite_url: str, gate_dir: Path) -> None:
     """With batches, SIGTERM finishes the whole batch whose backend call is in flight (both EIPs, one call),
     and nothing is left leased."""
-    with Eipflow.open(sqlite_url) as flow:
-        a, b = flow.create_eip(VIPS[0]), flow.create_eip(VIPS[1])
-        _attach(flow, a.uuid, 1)
-        _attach(flow, b.uuid, 2)
-    env = {**os.environ, "EIPFLOW_DB": sqlite_url, "EIPFLOW_SIM_GATE": str(gate_dir)}
-    proc = subprocess.Popen([*CLI, "worker", "--poll-interval", "0.05"], env=env, stderr=subprocess.PIPE)
-    try:
-        _wait_for(gate_dir / "entered", proc)
-        proc.send_signal(signal.SIGTERM)
-        (gate_dir / "release").touch()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+    _signal_two_item_worker(sqlite_url, gate_dir, signal.SIGTERM)
     with Eipflow.open(sqlite_url) as flow:
         assert sorted(e.state for e in flow.list_eips()) == ["attached", "attached"]
         assert {w.status for w in flow.work_items()} == {"done"}
